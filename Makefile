@@ -1,0 +1,10 @@
+# Thin aliases for the scripts people and CI share.
+.PHONY: run test bench lint
+run:
+	./scripts/run
+test:
+	./scripts/test
+bench:
+	./scripts/bench
+lint:
+	.venv/bin/ruff check src tests migrations benchmarks && .venv/bin/ruff format --check src tests migrations benchmarks && .venv/bin/mypy

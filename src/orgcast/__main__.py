@@ -1,0 +1,209 @@
+"""The ``orgcast`` command: serve, db, tenants, token.
+
+Exit codes: 0 ok, 1 failure, 2 usage. ``--json`` makes the output a single JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import OrgcastError
+from .settings import Settings, SettingsError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A failure to report to the user (exit 1), without a traceback."""
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log.level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print ``data`` as JSON with --json, else ``text`` for people."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif text:
+        print(text)
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from .app import StartupError, create_app
+    from .services.admin import resolve_admin_token
+
+    if args.host:
+        settings.server.host = args.host
+    if args.port is not None:
+        settings.server.port = args.port
+    configure_logging(settings)
+    if settings.server.use_uvloop:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+    _token, token_path = resolve_admin_token(settings)
+    host, port = settings.server.host, settings.server.port
+    where = f"in {token_path}" if token_path else "from settings (admin.token)"
+    banner = (
+        f"orgcast serving on http://{host}:{port}\n"
+        f"  database: {_safe_url(settings.database_url)}\n"
+        f"  admin token: {where}\n"
+        f"  OpenAPI: http://{host}:{port}/api/v1/openapi.json"
+    )
+    app = create_app(settings, migrate=args.migrate)
+    try:
+        web.run_app(app, host=host, port=port, print=lambda _: print(banner, flush=True))
+    except StartupError as exc:
+        print(f"orgcast: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"orgcast: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- db -----------------------------------------------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from .store import schema
+    from .store.engine import DB_ERRORS, create_engine
+
+    url = settings.database_url
+    try:
+        if args.db_command == "upgrade":
+            run_async(schema.upgrade(url, args.revision))
+        elif args.db_command == "downgrade":
+            run_async(schema.downgrade(url, args.revision))
+
+        async def current() -> str | None:
+            engine = create_engine(settings)
+            try:
+                return await schema.current_revision(engine)
+            finally:
+                await engine.dispose()
+
+        revision = run_async(current())
+    except DB_ERRORS as exc:
+        raise CommandError(f"database unreachable: {exc.__class__.__name__}: {exc}") from None
+    head = schema.head_revision()
+    emit(
+        args,
+        {"current": revision, "head": head, "at_head": revision == head},
+        f"database at {revision or 'nothing (empty)'}; head is {head}",
+    )
+    return EXIT_OK
+
+
+# -- argument parsing ---------------------------------------------------------------------------
+
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="a TOML file layered over config/*.toml")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="orgcast", description=__doc__, parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run a node")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--migrate", action="store_true", help="upgrade a PostgreSQL schema to head at start-up"
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    db = commands.add_parser("db", parents=[common], help="schema migrations")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_commands.add_parser("upgrade", parents=[common], help="migrate to a revision (head)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = db_commands.add_parser("downgrade", parents=[common], help="migrate down (-1)")
+    down.add_argument("revision", nargs="?", default="-1")
+    db_commands.add_parser("current", parents=[common], help="show the schema revision")
+    db.set_defaults(handler=cmd_db)
+
+    from . import cli
+
+    cli.add_commands(commands, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        settings = Settings.load(config=args.config)
+    except SettingsError as exc:
+        print(f"orgcast: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    handler: Handler = args.handler
+    try:
+        return handler(args, settings)
+    except (CommandError, OrgcastError) as exc:
+        message = exc.message if isinstance(exc, OrgcastError) else str(exc)
+        if getattr(args, "json", False):
+            code = exc.code if isinstance(exc, OrgcastError) else "failed"
+            print(json.dumps({"error": {"code": code, "message": message}}))
+        else:
+            print(f"orgcast: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The application factory: builds one aiohttp application and owns every resource's lifetime.
+
+Nothing is created at import time. ``create_app(settings)`` wires the routes and the Socket.IO
+server; the database engine, the Redis connections and the background tasks (message writer,
+retention, control bus) start and stop in ``cleanup_ctx`` generators, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import api
+from .errors import OrgcastError
+from .realtime.server import Realtime
+from .services.admin import resolve_admin_token
+from .services.control import ControlBus
+from .services.health import HealthService
+from .services.messages import MessageService
+from .services.retention import RetentionTask
+from .services.tenants import TenantDirectory, TenantService
+from .settings import Settings
+from .state import REALTIME, SERVICES, SETTINGS, Services
+from .store import schema
+from .store.engine import DB_ERRORS, create_engine, create_sessions
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(OrgcastError):
+    """The node cannot start; the message says what to do."""
+
+    code = "startup"
+
+
+def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
+    """Build the application. ``migrate`` upgrades a PostgreSQL schema to head at start-up
+    (the embedded SQLite file is always migrated)."""
+    app = web.Application(
+        client_max_size=settings.server.max_packet_bytes,
+        middlewares=api.middlewares(),
+    )
+    app[SETTINGS] = settings
+    realtime = Realtime(settings)
+    app[REALTIME] = realtime
+    realtime.attach(app)
+    api.setup_routes(app)
+    app.cleanup_ctx.append(_services_ctx(migrate))
+    return app
+
+
+def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        engine = create_engine(settings)
+        try:
+            await _prepare_schema(settings, engine, migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+        sessions = create_sessions(engine)
+        token, token_path = resolve_admin_token(settings)
+        control = ControlBus()
+        tenants = TenantService(sessions, settings.limits, control)
+        messages = MessageService(sessions, settings.messages)
+        services = Services(
+            settings=settings,
+            admin_token=token,
+            admin_token_path=token_path,
+            control=control,
+            tenants=tenants,
+            directory=TenantDirectory(tenants, control),
+            messages=messages,
+            health=HealthService(engine),
+        )
+        app[SERVICES] = services
+        realtime = app[REALTIME]
+        await realtime.start(services)
+        tasks = [
+            asyncio.create_task(messages.run(), name="orgcast-writer"),
+            asyncio.create_task(
+                RetentionTask(tenants, messages, settings).run(), name="orgcast-retention"
+            ),
+        ]
+        if realtime.redis is not None:
+            ready = asyncio.Event()
+            tasks.append(
+                asyncio.create_task(
+                    control.run(realtime.redis, settings.redis.channel, ready),
+                    name="orgcast-control",
+                )
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready.wait(), 5)
+        try:
+            yield
+        finally:
+            await realtime.stop()
+            with contextlib.suppress(*DB_ERRORS):
+                await messages.drain()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispose()
+
+    return services_ctx
+
+
+async def _prepare_schema(settings: Settings, engine, migrate: bool) -> None:  # type: ignore[no-untyped-def]
+    try:
+        if settings.is_sqlite or migrate:
+            await schema.upgrade(settings.database_url)
+            return
+        current = await schema.current_revision(engine)
+    except DB_ERRORS as exc:
+        raise StartupError(
+            f"database unreachable at start-up: {exc.__class__.__name__}: {exc}"
+        ) from None
+    head = schema.head_revision()
+    if current != head:
+        raise StartupError(
+            f"the database schema is at {current or 'nothing'}, not at {head}: "
+            "run: alembic upgrade head (or orgcast db upgrade), or start with --migrate"
+        )

@@ -1,0 +1,156 @@
+"""One exception tree for everything orgcast refuses or fails at.
+
+Each class carries ``code``, the stable wire error code, and ``status``, its HTTP status. Services
+raise these; the edges translate them: HTTP views into ``{"error": {code, message, details?}}`` with
+``status``, Socket.IO handlers into ``{ok: false, error: {code, message}}`` acks, and the connect
+handler into ``ConnectionRefusedError(code, {code, message})``.
+
+    OrgcastError
+    ├── BadRequest          bad_request        400
+    │   ├── NotJoined       not_joined         400
+    │   ├── UnknownEvent    unknown_event      400
+    │   └── RoomLimit       room_limit         400
+    ├── Unauthorized        auth_required      401  (and auth_invalid, auth_expired)
+    ├── Forbidden           forbidden          403
+    │   ├── RoomForbidden   room_forbidden     403
+    │   ├── OriginForbidden origin_forbidden   403
+    │   └── TenantSuspended tenant_suspended   403
+    ├── NotFound            not_found          404  (and tenant_not_found)
+    ├── Conflict            conflict           409
+    ├── TooLarge            too_large          413
+    ├── Invalid             validation_failed  422
+    ├── RateLimited         rate_limited       429  (and connection_limit)
+    ├── Unavailable         unavailable        503
+    └── Internal            internal           500
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrgcastError(Exception):
+    code = "internal"
+    status = 500
+    default_message = "internal error"
+
+    def __init__(
+        self, message: str | None = None, *, code: str | None = None, details: Any = None
+    ) -> None:
+        self.message = message or self.default_message
+        if code is not None:
+            self.code = code
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(OrgcastError):
+    code = "bad_request"
+    status = 400
+    default_message = "bad request"
+
+
+class NotJoined(BadRequest):
+    code = "not_joined"
+    default_message = "join the room first"
+
+
+class UnknownEvent(BadRequest):
+    code = "unknown_event"
+    default_message = "unknown event"
+
+
+class RoomLimit(BadRequest):
+    code = "room_limit"
+    default_message = "too many rooms joined on this connection"
+
+
+class Unauthorized(OrgcastError):
+    code = "auth_required"
+    status = 401
+    default_message = "authentication required"
+
+
+class Forbidden(OrgcastError):
+    code = "forbidden"
+    status = 403
+    default_message = "forbidden"
+
+
+class RoomForbidden(Forbidden):
+    code = "room_forbidden"
+    default_message = "the token does not allow this room"
+
+
+class OriginForbidden(Forbidden):
+    code = "origin_forbidden"
+    default_message = "origin not allowed for this tenant"
+
+
+class TenantSuspended(Forbidden):
+    code = "tenant_suspended"
+    default_message = "tenant is suspended"
+
+
+class NotFound(OrgcastError):
+    code = "not_found"
+    status = 404
+    default_message = "not found"
+
+
+class Conflict(OrgcastError):
+    code = "conflict"
+    status = 409
+    default_message = "conflict"
+
+
+class TooLarge(OrgcastError):
+    code = "too_large"
+    status = 413
+    default_message = "too large"
+
+
+class Invalid(OrgcastError):
+    code = "validation_failed"
+    status = 422
+    default_message = "validation failed"
+
+
+class RateLimited(OrgcastError):
+    code = "rate_limited"
+    status = 429
+    default_message = "rate limit exceeded"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after_ms: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_ms = retry_after_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if self.retry_after_ms is not None:
+            body["retry_after_ms"] = self.retry_after_ms
+        return body
+
+
+class Unavailable(OrgcastError):
+    code = "unavailable"
+    status = 503
+    default_message = "service unavailable, try again"
+
+
+class Internal(OrgcastError):
+    code = "internal"
+    status = 500
+    default_message = "internal error"

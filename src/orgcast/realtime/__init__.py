@@ -1,0 +1,1 @@
+"""Socket.IO transport: the catch-all namespace, payload validation, acks."""

@@ -1,0 +1,109 @@
+"""Client tokens: HS256 JWTs signed with one of the tenant's active keys, chosen by ``kid``."""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from ..errors import BadRequest, NotFound, Unauthorized
+from .tenants import TenantKeys
+
+MAX_SUB = 128
+MAX_TTL = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a socket is: the user id and display name, and the rooms the token lets it join."""
+
+    user_id: str
+    name: str
+    rooms: tuple[str, ...] | None = None
+
+    def may_join(self, room: str) -> bool:
+        if self.rooms is None:
+            return True
+        return any(fnmatch.fnmatchcase(room, pattern) for pattern in self.rooms)
+
+    def member(self) -> dict[str, str]:
+        return {"id": self.user_id, "name": self.name}
+
+
+def verify_token(token: Any, keys: TenantKeys, *, leeway: float = 5.0) -> Principal:
+    """Check a client token against the tenant's active keys; raises ``Unauthorized``."""
+    if token is None or token == "":
+        raise Unauthorized("a token is required: connect with auth { token }")
+    if not isinstance(token, str) or len(token) > 8192:
+        raise Unauthorized("the token must be a JWT string", code="auth_invalid")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise Unauthorized("the token is not a valid JWT", code="auth_invalid") from None
+    kid = header.get("kid")
+    secret = keys.secrets.get(kid) if isinstance(kid, str) else None
+    if secret is None:
+        raise Unauthorized("unknown or revoked signing key (kid)", code="auth_invalid")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            options={"require": ["exp", "sub"], "verify_aud": False},
+            leeway=leeway,
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("the token has expired", code="auth_expired") from None
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(f"the token was refused: {exc}", code="auth_invalid") from None
+    return _principal(claims, keys.tenant.slug)
+
+
+def _principal(claims: dict[str, Any], slug: str) -> Principal:
+    sub, name, rooms = claims.get("sub"), claims.get("name"), claims.get("rooms")
+    if "aud" in claims:
+        aud = claims["aud"]
+        audiences = aud if isinstance(aud, list) else [aud]
+        if not any(isinstance(a, str) and hmac.compare_digest(a, slug) for a in audiences):
+            raise Unauthorized("the token's aud is another tenant", code="auth_invalid")
+    if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB:
+        raise Unauthorized(f"sub must be a string of 1-{MAX_SUB} characters", code="auth_invalid")
+    if name is not None and (not isinstance(name, str) or len(name) > 200):
+        raise Unauthorized("name must be a string of at most 200 characters", code="auth_invalid")
+    if rooms is not None and (
+        not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms)
+    ):
+        raise Unauthorized("rooms must be a list of glob patterns", code="auth_invalid")
+    return Principal(
+        sub, name if name is not None else sub, tuple(rooms) if rooms is not None else None
+    )
+
+
+def mint_token(
+    keys: TenantKeys,
+    *,
+    sub: str,
+    name: str | None = None,
+    rooms: list[str] | None = None,
+    ttl_seconds: int = 3600,
+) -> dict[str, Any]:
+    """Sign a client token with the tenant's newest active key (admin tooling and tests)."""
+    if not keys.secrets:
+        raise NotFound("the tenant has no active signing key; add one first", code="key_not_found")
+    if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB:
+        raise BadRequest(f"sub must be a string of 1-{MAX_SUB} characters")
+    if not 1 <= ttl_seconds <= MAX_TTL:
+        raise BadRequest(f"ttl_seconds must be between 1 and {MAX_TTL}")
+    kid = list(keys.secrets)[-1]
+    expires = int(time.time()) + ttl_seconds
+    claims: dict[str, Any] = {"sub": sub, "exp": expires, "aud": keys.tenant.slug}
+    if name is not None:
+        claims["name"] = name
+    if rooms is not None:
+        claims["rooms"] = rooms
+    token = jwt.encode(claims, keys.secrets[kid], algorithm="HS256", headers={"kid": kid})
+    return {"token": token, "kid": kid, "expires_at": expires}

@@ -1,0 +1,257 @@
+"""The durable message log: group-committed writes, history, replay and retention.
+
+Senders hand a message to ``MessageService.send`` and wait; a single writer task drains the queue
+in batches (closed on ``batch_max_size`` or ``batch_max_delay_ms``), stores each batch in one
+transaction and resolves every sender's future when it commits. An ack therefore always means
+"stored". The queue is bounded: when the database falls behind, ``send`` fails fast with
+``rate_limited`` instead of buffering without limit.
+
+``send`` enqueues without suspending, so messages from one socket keep the order they arrived in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadRequest, Internal, RateLimited, TooLarge, Unavailable
+from ..settings import MessagesSettings
+from ..store import messages as store
+from ..store.engine import DB_ERRORS, Sessions
+from ..store.messages import NewMessage, StoredRow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MessageService", "NewMessage", "StoredRow", "encode_body", "wire"]
+
+
+def encode_body(value: Any, limit: int, what: str = "body") -> str:
+    """Encode a body as compact JSON; refuses non-JSON values and more than ``limit`` bytes."""
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{what} must be a JSON value (no binary data, NaN or Infinity)") from None
+    size = len(encoded.encode())
+    if size > limit:
+        raise TooLarge(f"{what} is {size} bytes encoded; the limit is {limit}")
+    return encoded
+
+
+def wire(row: StoredRow, body: Any = ...) -> dict[str, Any]:
+    """The broadcast/history shape of a stored message."""
+    data: dict[str, Any] = {
+        "id": row.id,
+        "room": row.room,
+        "seq": row.seq,
+        "ts": row.ts,
+        "sender": {"id": row.sender_id, "name": row.sender_name or row.sender_id},
+        "body": json.loads(row.body) if body is ... else body,
+    }
+    if row.client_id is not None:
+        data["client_id"] = row.client_id
+    return data
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: NewMessage
+    future: asyncio.Future[StoredRow]
+
+
+@dataclass(frozen=True)
+class Replay:
+    seq: int
+    missed: list[dict[str, Any]]
+    truncated: bool
+    expired: bool
+
+
+class MessageService:
+    """Stores and reads messages; owns the batching writer task (``run``)."""
+
+    def __init__(self, sessions: Sessions, settings: MessagesSettings) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.queue_max)
+        self.batches = 0
+        self.stored = 0
+
+    def send(self, message: NewMessage) -> asyncio.Future[StoredRow]:
+        """Queue a message for storage; the future resolves once it is committed."""
+        future: asyncio.Future[StoredRow] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(message, future))
+        except asyncio.QueueFull:
+            raise RateLimited(
+                "the message store is busy; retry shortly", retry_after_ms=100
+            ) from None
+        return future
+
+    async def run(self) -> None:
+        """The writer loop: take a batch, store it, answer its senders; until cancelled."""
+        limit = self._settings.batch_max_size
+        delay = self._settings.batch_max_delay_ms / 1000
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.monotonic() + delay
+            while len(batch) < limit:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                await self._flush(batch)
+            except asyncio.CancelledError:
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(Unavailable("server shutting down"))
+                raise
+
+    async def drain(self) -> None:
+        """Store everything already queued (called at shutdown before the writer is cancelled)."""
+        while not self._queue.empty():
+            batch = []
+            while not self._queue.empty() and len(batch) < self._settings.batch_max_size:
+                batch.append(self._queue.get_nowait())
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            rows = await self._write([p.message for p in batch])
+        except store.IntegrityError:
+            # Another node stored one of these client_ids between our check and our insert:
+            # retry one by one, so each resend finds its original.
+            for pending in batch:
+                await self._flush_one(pending)
+            return
+        except DB_ERRORS:
+            log.warning("message batch of %d not stored: database unavailable", len(batch))
+            self._fail(batch, Unavailable("the message store is unavailable; retry"))
+            return
+        except Exception:
+            log.exception("message batch of %d failed", len(batch))
+            self._fail(batch, Internal("the message could not be stored"))
+            return
+        for pending, row in zip(batch, rows, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(row)
+
+    async def _flush_one(self, pending: _Pending) -> None:
+        try:
+            (row,) = await self._write([pending.message])
+        except DB_ERRORS:
+            self._fail([pending], Unavailable("the message store is unavailable; retry"))
+        except Exception:
+            log.exception("message could not be stored")
+            self._fail([pending], Internal("the message could not be stored"))
+        else:
+            if not pending.future.done():
+                pending.future.set_result(row)
+
+    async def _write(self, messages: list[NewMessage]) -> list[StoredRow]:
+        async with self._sessions.begin() as session:
+            rows = await store.write_batch(session, messages)
+        self.batches += 1
+        self.stored += len(messages)
+        return rows
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: Exception) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    async def room_seq(self, tenant_id: int, room: str) -> int:
+        async with self._sessions() as session:
+            state = await store.room_state(session, tenant_id, room)
+        return 0 if state is None else state[1]
+
+    async def replay(self, tenant_id: int, room: str, since: int, page: int) -> Replay:
+        """Messages with seq > since, oldest first, at most ``page`` of them."""
+        async with self._sessions() as session:
+            state = await store.room_state(session, tenant_id, room)
+            if state is None:
+                return Replay(0, [], False, False)
+            room_id, last_seq = state
+            rows = await store.message_range(
+                session, tenant_id, room_id, after_seq=since, before_seq=None,
+                limit=page, newest_first=False,
+            )  # fmt: skip
+        missed = [wire(_row(m, room)) for m in rows]
+        # seq has no gaps, so a first message later than since+1 means retention removed some.
+        expired = since < last_seq and (not rows or rows[0].seq > since + 1)
+        truncated = bool(rows) and rows[-1].seq < last_seq
+        return Replay(last_seq, missed, truncated, expired)
+
+    async def history(
+        self,
+        tenant_id: int,
+        room: str,
+        *,
+        before_seq: int | None,
+        after_seq: int | None,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of history, oldest first. With only ``after_seq`` the page starts there; else
+        it is the newest ``limit`` below ``before_seq`` (or overall)."""
+        async with self._sessions() as session:
+            state = await store.room_state(session, tenant_id, room)
+            if state is None:
+                return [], False
+            newest_first = after_seq is None
+            rows = list(
+                await store.message_range(
+                    session,
+                    tenant_id,
+                    state[0],
+                    after_seq=after_seq,
+                    before_seq=before_seq,
+                    limit=limit + 1,
+                    newest_first=newest_first,
+                )
+            )
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        if newest_first:
+            rows.reverse()
+        return [wire(_row(m, room)) for m in rows], has_more
+
+    async def rooms(self, tenant_id: int, *, limit: int, after: str) -> list[dict[str, Any]]:
+        async with self._sessions() as session:
+            rows = await store.list_rooms(session, tenant_id, limit, after)
+        return [
+            {"room": r.name, "last_seq": r.last_seq, "message_count": r.message_count} for r in rows
+        ]
+
+    async def delete_expired(self, tenant_id: int, retention_days: int) -> int:
+        """Delete this tenant's messages past retention, batch by batch; returns the count."""
+        cutoff = int(time.time() * 1000) - retention_days * 86_400_000
+        total = 0
+        while True:
+            async with self._sessions.begin() as session:
+                deleted = await store.delete_expired(
+                    session, tenant_id, cutoff, self._settings.retention_batch
+                )
+            total += deleted
+            if deleted < self._settings.retention_batch:
+                return total
+            await asyncio.sleep(0)  # let the message path in between batches
+
+
+def _row(message: Any, room: str) -> StoredRow:
+    return StoredRow(
+        message.id, room, message.seq, message.ts, message.sender_id, message.sender_name,
+        message.body, message.client_id,
+    )  # fmt: skip

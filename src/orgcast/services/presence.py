@@ -1,0 +1,61 @@
+"""Who is in which room, by user: a user with two tabs is one member.
+
+``LocalPresence`` keeps this node's view in memory (single node). The cluster-wide variant keeps
+the same structure in Redis. Both answer ``join``/``leave`` with whether this was the user's first
+socket in / last socket out of the room, which is when a ``presence`` event is due.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Protocol
+
+
+class Presence(Protocol):
+    async def join(self, tenant: str, room: str, sid: str, member: dict[str, str]) -> bool: ...
+    async def leave(self, tenant: str, room: str, sid: str, user_id: str) -> bool: ...
+    async def members(self, tenant: str, room: str) -> list[dict[str, str]]: ...
+    async def rooms(self, tenant: str) -> dict[str, int]: ...
+    async def forget_tenant(self, tenant: str) -> None: ...
+
+
+class LocalPresence:
+    def __init__(self) -> None:
+        # tenant -> room -> user id -> (member, {sid})
+        self._rooms: dict[str, dict[str, dict[str, tuple[dict[str, str], set[str]]]]] = defaultdict(
+            dict
+        )
+
+    async def join(self, tenant: str, room: str, sid: str, member: dict[str, str]) -> bool:
+        users = self._rooms[tenant].setdefault(room, {})
+        entry = users.get(member["id"])
+        if entry is None:
+            users[member["id"]] = (member, {sid})
+            return True
+        entry[1].add(sid)
+        return False
+
+    async def leave(self, tenant: str, room: str, sid: str, user_id: str) -> bool:
+        users = self._rooms.get(tenant, {}).get(room)
+        if not users or user_id not in users:
+            return False
+        sids = users[user_id][1]
+        sids.discard(sid)
+        if sids:
+            return False
+        del users[user_id]
+        if not users:
+            del self._rooms[tenant][room]
+            if not self._rooms[tenant]:
+                del self._rooms[tenant]
+        return True
+
+    async def members(self, tenant: str, room: str) -> list[dict[str, str]]:
+        users = self._rooms.get(tenant, {}).get(room, {})
+        return [dict(member) for member, _ in users.values()]
+
+    async def rooms(self, tenant: str) -> dict[str, int]:
+        return {room: len(users) for room, users in self._rooms.get(tenant, {}).items()}
+
+    async def forget_tenant(self, tenant: str) -> None:
+        self._rooms.pop(tenant, None)

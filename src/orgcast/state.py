@@ -1,0 +1,37 @@
+"""Typed application keys: what the app factory builds and the edges read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .services.control import ControlBus
+from .services.health import HealthService
+from .services.messages import MessageService
+from .services.tenants import TenantDirectory, TenantService
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .realtime.server import Realtime
+
+
+@dataclass
+class Services:
+    """Everything a request or an event handler may call, built once per application."""
+
+    settings: Settings
+    admin_token: str
+    admin_token_path: Path | None
+    control: ControlBus
+    tenants: TenantService
+    directory: TenantDirectory
+    messages: MessageService
+    health: HealthService
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")

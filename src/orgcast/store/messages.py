@@ -1,0 +1,240 @@
+"""Queries for rooms and the append-only message log.
+
+``write_batch`` is the heart of group commit: one upsert assigns the sequence numbers of every room
+in the batch (``last_seq = last_seq + n``, which row-locks each room so concurrent writers on any
+node queue behind each other), then one multi-row insert stores the messages. Rooms are upserted in
+(tenant, name) order so that two writers never take the same row locks in opposite orders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Row, and_, delete, func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Message, Room
+
+__all__ = [
+    "IntegrityError",
+    "NewMessage",
+    "StoredRow",
+    "delete_expired",
+    "list_rooms",
+    "message_range",
+    "room_state",
+    "write_batch",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    tenant_id: int
+    room: str
+    sender_id: str
+    sender_name: str | None
+    body: str
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    id: str
+    room: str
+    seq: int
+    ts: int
+    sender_id: str
+    sender_name: str | None
+    body: str
+    client_id: str | None
+    duplicate: bool = False
+
+
+def new_message_id(now_ms: int) -> str:
+    """32 hex digits: 48 bits of milliseconds then 80 random bits, so ids sort by time."""
+    return f"{now_ms:012x}{os.urandom(10).hex()}"
+
+
+def _upsert(session: AsyncSession):  # type: ignore[no-untyped-def]
+    return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+
+
+async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> list[StoredRow]:
+    """Store a batch; returns one row per input, in order (``duplicate`` for idempotent resends)."""
+    now = int(time.time() * 1000)
+    results: list[StoredRow | None] = [None] * len(batch)
+
+    # Idempotent resends: same (tenant, room, sender, client_id) returns the stored original.
+    first_of: dict[tuple[int, str, str, str], int] = {}
+    keyed = [(i, m) for i, m in enumerate(batch) if m.client_id is not None]
+    existing: dict[tuple[int, str, str, str], StoredRow] = {}
+    if keyed:
+        for row in await _find_by_client_ids(session, [m for _, m in keyed]):
+            existing[(row.tenant_id, row.room, row.sender_id, row.client_id)] = StoredRow(
+                row.id, row.room, row.seq, row.ts, row.sender_id, row.sender_name, row.body,
+                row.client_id, duplicate=True,
+            )  # fmt: skip
+    fresh: list[int] = []
+    for i, message in enumerate(batch):
+        if message.client_id is not None:
+            key = (message.tenant_id, message.room, message.sender_id, message.client_id)
+            if key in existing:
+                results[i] = existing[key]
+                continue
+            if key in first_of:
+                continue  # resolved below to the first copy in this batch
+            first_of[key] = i
+        fresh.append(i)
+
+    if fresh:
+        counts: dict[tuple[int, str], int] = defaultdict(int)
+        for i in fresh:
+            counts[(batch[i].tenant_id, batch[i].room)] += 1
+        ordered = sorted(counts)
+        upsert = _upsert(session)(Room).values(
+            [
+                {"tenant_id": t, "name": r, "last_seq": counts[(t, r)], "created_at": now}
+                for t, r in ordered
+            ]
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["tenant_id", "name"],
+            set_={"last_seq": Room.last_seq + upsert.excluded.last_seq},
+        ).returning(Room.id, Room.tenant_id, Room.name, Room.last_seq)
+        rooms = {(r.tenant_id, r.name): r for r in (await session.execute(upsert)).all()}
+        next_seq = {key: rooms[key].last_seq - counts[key] + 1 for key in ordered}
+        rows = []
+        for i in fresh:
+            message = batch[i]
+            key = (message.tenant_id, message.room)
+            seq = next_seq[key]
+            next_seq[key] = seq + 1
+            stored = StoredRow(
+                new_message_id(now), message.room, seq, now, message.sender_id,
+                message.sender_name, message.body, message.client_id,
+            )  # fmt: skip
+            results[i] = stored
+            rows.append(
+                {
+                    "id": stored.id,
+                    "tenant_id": message.tenant_id,
+                    "room_id": rooms[key].id,
+                    "seq": seq,
+                    "ts": now,
+                    "sender_id": message.sender_id,
+                    "sender_name": message.sender_name,
+                    "client_id": message.client_id,
+                    "body": message.body,
+                }
+            )
+        await session.execute(insert(Message), rows)
+
+    for i, message in enumerate(batch):
+        if results[i] is None:
+            assert message.client_id is not None
+            original = results[
+                first_of[(message.tenant_id, message.room, message.sender_id, message.client_id)]
+            ]
+            assert original is not None
+            results[i] = StoredRow(**{**_fields(original), "duplicate": True})
+    return [r for r in results if r is not None]
+
+
+def _fields(row: StoredRow) -> dict[str, object]:
+    return {name: getattr(row, name) for name in StoredRow.__dataclass_fields__}
+
+
+async def _find_by_client_ids(
+    session: AsyncSession, messages: Sequence[NewMessage]
+) -> Sequence[Row]:  # type: ignore[type-arg]
+    conditions = [
+        and_(
+            Message.tenant_id == m.tenant_id,
+            Room.name == m.room,
+            Message.sender_id == m.sender_id,
+            Message.client_id == m.client_id,
+        )
+        for m in messages
+    ]
+    query = (
+        select(
+            Message.id,
+            Message.tenant_id,
+            Room.name.label("room"),
+            Message.seq,
+            Message.ts,
+            Message.sender_id,
+            Message.sender_name,
+            Message.body,
+            Message.client_id,
+        )
+        .join(Room, Room.id == Message.room_id)
+        .where(or_(*conditions))
+    )
+    return (await session.execute(query)).all()
+
+
+async def room_state(session: AsyncSession, tenant_id: int, room: str) -> tuple[int, int] | None:
+    """(room id, last_seq), or None for a room nothing was ever stored in."""
+    row = (
+        await session.execute(
+            select(Room.id, Room.last_seq).where(Room.tenant_id == tenant_id, Room.name == room)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def message_range(
+    session: AsyncSession,
+    tenant_id: int,
+    room_id: int,
+    *,
+    after_seq: int | None,
+    before_seq: int | None,
+    limit: int,
+    newest_first: bool,
+) -> Sequence[Message]:
+    """An index range scan over (tenant_id, room_id, seq)."""
+    query = select(Message).where(Message.tenant_id == tenant_id, Message.room_id == room_id)
+    if after_seq is not None:
+        query = query.where(Message.seq > after_seq)
+    if before_seq is not None:
+        query = query.where(Message.seq < before_seq)
+    order = Message.seq.desc() if newest_first else Message.seq.asc()
+    return (await session.scalars(query.order_by(order).limit(limit))).all()
+
+
+async def list_rooms(
+    session: AsyncSession, tenant_id: int, limit: int, after: str
+) -> Sequence[Row]:  # type: ignore[type-arg]
+    counts = (
+        select(func.count(Message.id))
+        .where(Message.tenant_id == Room.tenant_id, Message.room_id == Room.id)
+        .scalar_subquery()
+    )
+    query = (
+        select(Room.name, Room.last_seq, counts.label("message_count"))
+        .where(Room.tenant_id == tenant_id, Room.name > after)
+        .order_by(Room.name)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()
+
+
+async def delete_expired(session: AsyncSession, tenant_id: int, cutoff_ms: int, batch: int) -> int:
+    """Delete at most ``batch`` messages older than ``cutoff_ms``; returns how many went."""
+    victims = (
+        select(Message.id)
+        .where(Message.tenant_id == tenant_id, Message.ts < cutoff_ms)
+        .limit(batch)
+        .scalar_subquery()
+    )
+    result = await session.execute(delete(Message).where(Message.id.in_(victims)))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,236 @@
+"""Test helpers: real servers, real clients, throwaway databases. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import socketio
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from orgcast.app import create_app
+from orgcast.settings import (
+    AdminSettings,
+    DatabaseSettings,
+    MessagesSettings,
+    RedisSettings,
+    Settings,
+)
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+def pg_admin_url() -> str:
+    return os.environ.get(
+        "ORGCAST_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    )
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def postgres_available(url: str) -> bool:
+    async def probe() -> bool:
+        try:
+            connection = await asyncpg.connect(_dsn(url), timeout=3)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await connection.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def redis_available(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except redis.RedisError:
+        return False
+    return True
+
+
+async def create_pg_database(admin_url: str) -> str:
+    name = f"orgcast_test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_pg_database(admin_url: str, url: str) -> None:
+    name = make_url(url).database
+    connection = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def node_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test node; keyword arguments replace whole sections."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database": DatabaseSettings(url=database_url, pool_size=5),
+        "admin": AdminSettings(token=ADMIN_TOKEN),
+        "messages": MessagesSettings(retention_interval_seconds=3600),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def unique_slug(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Tenant:
+    slug: str
+    kid: str
+    secret: str
+    api_key: str
+    api_key_id: str
+    body: dict[str, Any]
+
+
+@dataclass
+class Server:
+    """A running node and an HTTP session to it."""
+
+    url: str
+    app: web.Application
+    settings: Settings
+    http: aiohttp.ClientSession
+    clients: list[socketio.AsyncClient] = field(default_factory=list)
+
+    async def request(
+        self, method: str, path: str, *, token: str | None = ADMIN_TOKEN, **kwargs: Any
+    ) -> tuple[int, Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.request(
+            method, self.url + path, headers=headers, **kwargs
+        ) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.text()
+
+    async def create_tenant(self, slug: str | None = None, **fields: Any) -> Tenant:
+        slug = slug or unique_slug()
+        status, body = await self.request(
+            "POST", "/api/v1/tenants", json={"slug": slug, "name": f"Tenant {slug}", **fields}
+        )
+        assert status == 201, body
+        return Tenant(
+            slug=slug,
+            kid=body["signing_key"]["kid"],
+            secret=body["signing_key"]["secret"],
+            api_key=body["api_key"]["key"],
+            api_key_id=body["api_key"]["id"],
+            body=body,
+        )
+
+    async def token(self, slug: str, sub: str = "alice", **claims: Any) -> str:
+        status, body = await self.request(
+            "POST", f"/api/v1/tenants/{slug}/tokens", json={"sub": sub, **claims}
+        )
+        assert status == 200, body
+        return str(body["token"])
+
+    async def connect(
+        self,
+        slug: str,
+        token: str | None = None,
+        *,
+        transports: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: Any = ...,
+    ) -> socketio.AsyncClient:
+        """A connected python-socketio client (disconnected at teardown)."""
+        client = socketio.AsyncClient(reconnection=False)
+        self.clients.append(client)
+        await client.connect(
+            self.url,
+            namespaces=[f"/{slug}"],
+            auth={"token": token} if auth is ... else auth,
+            transports=transports or ["websocket"],
+            headers=headers or {},
+            wait_timeout=5,
+        )
+        return client
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        self.clients.clear()
+
+
+@contextlib.asynccontextmanager
+async def start_server(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Server]:
+    app = create_app(settings, migrate=migrate)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", settings.server.port or free_port())
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        node = Server(url=f"http://127.0.0.1:{port}", app=app, settings=settings, http=http)
+        try:
+            yield node
+        finally:
+            await node.close_clients()
+            await runner.cleanup()
+
+
+class Inbox:
+    """Collects one event name on a client; ``get`` waits with a timeout, never a fixed sleep."""
+
+    def __init__(self, client: socketio.AsyncClient, event: str, namespace: str) -> None:
+        self.items: asyncio.Queue[Any] = asyncio.Queue()
+        client.on(event, self.items.put_nowait, namespace=namespace)
+
+    async def get(self, within: float = 5.0) -> Any:
+        return await asyncio.wait_for(self.items.get(), within)
+
+    async def expect_nothing(self, within: float = 0.3) -> None:
+        """Assert that no event arrives within ``within`` seconds (a bounded wait)."""
+        with contextlib.suppress(TimeoutError):
+            item = await asyncio.wait_for(self.items.get(), within)
+            raise AssertionError(f"unexpected event: {item!r}")
+
+
+__all__ = [
+    "ADMIN_TOKEN",
+    "Inbox",
+    "RedisSettings",
+    "Server",
+    "Tenant",
+    "free_port",
+    "node_settings",
+    "start_server",
+    "unique_slug",
+]
