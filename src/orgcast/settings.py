@@ -56,7 +56,8 @@ class DatabaseSettings(BaseModel):
 
 class RedisSettings(BaseModel):
     url: str = ""
-    channel: str = "orgcast"
+    channel: str = Field("orgcast", min_length=1, max_length=100)
+    node_ttl_seconds: float = Field(10.0, ge=1, le=3600)
 
     @field_validator("url")
     @classmethod
