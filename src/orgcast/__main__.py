@@ -149,11 +149,18 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("--config", type=Path, help="a TOML file layered over config/*.toml")
+    top.add_argument("--json", action="store_true", help="machine-readable output")
+    # Sub-commands repeat the options without defaults of their own: a sub-parser's default would
+    # reset `orgcast --json db current` to json=False.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="a TOML file layered over config/*.toml")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="a TOML overlay")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
 
-    parser = argparse.ArgumentParser(prog="orgcast", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(prog="orgcast", description=__doc__, parents=[top])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run a node")
@@ -196,8 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, OrgcastError) as exc:
         message = exc.message if isinstance(exc, OrgcastError) else str(exc)
         if getattr(args, "json", False):
-            code = exc.code if isinstance(exc, OrgcastError) else "failed"
-            print(json.dumps({"error": {"code": code, "message": message}}))
+            error = exc.to_dict() if isinstance(exc, OrgcastError) else None
+            print(json.dumps({"error": error or {"code": "failed", "message": message}}))
         else:
             print(f"orgcast: {message}", file=sys.stderr)
         return EXIT_FAILURE
