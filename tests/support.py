@@ -24,6 +24,7 @@ from orgcast.settings import (
     DatabaseSettings,
     MessagesSettings,
     RedisSettings,
+    ServerSettings,
     Settings,
 )
 
@@ -90,6 +91,7 @@ def node_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "database": DatabaseSettings(url=database_url, pool_size=5),
         "admin": AdminSettings(token=ADMIN_TOKEN),
         "messages": MessagesSettings(retention_interval_seconds=3600),
+        "server": ServerSettings(port=0),
     }
     values.update(overrides)
     return Settings(**values)
@@ -194,7 +196,7 @@ async def start_server(settings: Settings, *, migrate: bool = True) -> AsyncIter
     app = create_app(settings, migrate=migrate)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", settings.server.port or free_port())
+    site = web.TCPSite(runner, "127.0.0.1", settings.server.port)
     await site.start()
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:

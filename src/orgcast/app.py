@@ -13,11 +13,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from . import api
 from .errors import OrgcastError
 from .realtime.server import Realtime
 from .services.admin import resolve_admin_token
+from .services.cluster import RedisPresence
 from .services.control import ControlBus
 from .services.health import HealthService
 from .services.messages import MessageService
@@ -79,19 +81,21 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         )
         app[SERVICES] = services
         realtime = app[REALTIME]
-        await realtime.start(services)
+        redis, listener = _redis_clients(settings)
+        await realtime.start(services, redis)
         tasks = [
             asyncio.create_task(messages.run(), name="orgcast-writer"),
             asyncio.create_task(
                 RetentionTask(tenants, messages, settings).run(), name="orgcast-retention"
             ),
         ]
-        if realtime.redis is not None:
+        if isinstance(realtime.presence, RedisPresence):
+            tasks.append(asyncio.create_task(realtime.presence.run(), name="orgcast-heartbeat"))
+        if listener is not None:
             ready = asyncio.Event()
             tasks.append(
                 asyncio.create_task(
-                    control.run(realtime.redis, settings.redis.channel, ready),
-                    name="orgcast-control",
+                    control.run(listener, settings.redis.channel, ready), name="orgcast-control"
                 )
             )
             with contextlib.suppress(TimeoutError):
@@ -105,9 +109,24 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for client in (redis, listener):
+                if client is not None:
+                    await client.aclose()
             await engine.dispose()
 
     return services_ctx
+
+
+def _redis_clients(settings: Settings) -> tuple[Redis | None, Redis | None]:
+    """Two clients: one for commands (short timeouts, so a dead Redis degrades fast) and one
+    for the control bus subscription (no read timeout: it waits on an idle channel)."""
+    if not settings.redis.url:
+        return None, None
+    commands = Redis.from_url(
+        settings.redis.url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
+    )
+    listener = Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=1)
+    return commands, listener
 
 
 async def _prepare_schema(settings: Settings, engine, migrate: bool) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..services import DB_ERRORS
 from ..services.auth import Principal, verify_token
+from ..services.cluster import RedisPresence
 from ..services.limits import TokenBucket
 from ..services.messages import NewMessage, encode_body, wire
 from ..services.presence import LocalPresence, Presence
@@ -75,7 +76,6 @@ class Realtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis: Any = None
         manager = None
         if settings.redis.url:
             manager = socketio.AsyncRedisManager(
@@ -107,20 +107,25 @@ class Realtime:
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app)
 
-    async def start(self, services: Services) -> None:
+    async def start(self, services: Services, redis: Any = None) -> None:
+        """Bind the services; with ``redis`` (a client), presence and limits become cluster-wide."""
         self._services = services
         services.control.subscribe(self._on_tenant_changed)
-        if self.settings.redis.url:
-            import redis.asyncio as aioredis
-
-            self.redis = aioredis.Redis.from_url(self.settings.redis.url)
+        if redis is not None:
+            self.presence = RedisPresence(
+                redis,
+                prefix=self.settings.redis.channel,
+                node_id=services.control.node_id,
+                ttl=self.settings.redis.node_ttl_seconds,
+                on_leave=self._announce_leave,
+            )
 
     async def stop(self) -> None:
         for namespace in list(self.sio.manager.get_namespaces()):
             for sid, _ in list(self.sio.manager.get_participants(namespace, None)):
                 await self.sio.disconnect(sid, namespace=namespace)
-        if self.redis is not None:
-            await self.redis.aclose()
+        if isinstance(self.presence, RedisPresence):
+            await self.presence.close()
 
     @property
     def services(self) -> Services:
@@ -138,7 +143,7 @@ class Realtime:
 
     async def live_counts(self, slug: str) -> dict[str, int]:
         return {
-            "connections": self.local_connections(slug),
+            "connections": await self.presence.connections(slug),
             "rooms": len(await self.presence.rooms(slug)),
         }
 
@@ -212,7 +217,8 @@ class Realtime:
             raise OriginForbidden(f"origin {origin!r} is not allowed for this tenant")
         token = auth.get("token") if isinstance(auth, dict) else None
         principal = verify_token(token, keys)
-        if self.local_connections(slug) >= keys.limits.max_connections:
+        # Last check: a slot taken here is given back in the disconnect handler.
+        if not await self.presence.acquire(slug, keys.limits.max_connections):
             raise RateLimited(
                 f"the tenant's limit of {keys.limits.max_connections} connections is reached",
                 code="connection_limit",
@@ -225,6 +231,7 @@ class Realtime:
             return
         for room in list(state.rooms):
             await self._leave(state, sid, namespace, room)
+        await self.presence.release(state.slug)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -363,12 +370,15 @@ class Realtime:
         await self.sio.leave_room(sid, room_key(room), namespace=namespace)
         member = state.principal.member()
         if await self.presence.leave(state.slug, room, sid, member["id"]):
-            await self.sio.emit(
-                "presence",
-                {"room": room, "action": "leave", "member": member},
-                room=room_key(room),
-                namespace=namespace,
-            )
+            await self._announce_leave(state.slug, room, member)
+
+    async def _announce_leave(self, slug: str, room: str, member: dict[str, str]) -> None:
+        await self.sio.emit(
+            "presence",
+            {"room": room, "action": "leave", "member": member},
+            room=room_key(room),
+            namespace="/" + slug,
+        )
 
     async def _history(self, state: SocketState, data: dict[str, Any]) -> dict[str, Any]:
         room = self._allowed_room(state, data)

@@ -1,8 +1,11 @@
-"""Who is in which room, by user: a user with two tabs is one member.
+"""Who is in which room, by user (a user with two tabs is one member), and how many sockets each
+tenant has connected.
 
-``LocalPresence`` keeps this node's view in memory (single node). The cluster-wide variant keeps
-the same structure in Redis. Both answer ``join``/``leave`` with whether this was the user's first
-socket in / last socket out of the room, which is when a ``presence`` event is due.
+``LocalPresence`` keeps this node's view in memory (single node). ``RedisPresence`` in
+``cluster.py`` keeps the same structure in Redis for the whole cluster. Both answer
+``join``/``leave`` with whether this was the user's first socket in / last socket out of the room,
+which is when a ``presence`` event is due, and ``acquire``/``release`` a connection slot against
+the tenant's ``max_connections``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ class Presence(Protocol):
     async def members(self, tenant: str, room: str) -> list[dict[str, str]]: ...
     async def rooms(self, tenant: str) -> dict[str, int]: ...
     async def forget_tenant(self, tenant: str) -> None: ...
+    async def acquire(self, tenant: str, limit: int) -> bool: ...
+    async def release(self, tenant: str) -> None: ...
+    async def connections(self, tenant: str) -> int: ...
 
 
 class LocalPresence:
@@ -25,6 +31,7 @@ class LocalPresence:
         self._rooms: dict[str, dict[str, dict[str, tuple[dict[str, str], set[str]]]]] = defaultdict(
             dict
         )
+        self._connections: dict[str, int] = defaultdict(int)
 
     async def join(self, tenant: str, room: str, sid: str, member: dict[str, str]) -> bool:
         users = self._rooms[tenant].setdefault(room, {})
@@ -59,3 +66,30 @@ class LocalPresence:
 
     async def forget_tenant(self, tenant: str) -> None:
         self._rooms.pop(tenant, None)
+
+    async def acquire(self, tenant: str, limit: int) -> bool:
+        if self._connections[tenant] >= limit:
+            return False
+        self._connections[tenant] += 1
+        return True
+
+    async def release(self, tenant: str) -> None:
+        self._connections[tenant] -= 1
+        if self._connections[tenant] <= 0:
+            del self._connections[tenant]
+
+    async def connections(self, tenant: str) -> int:
+        return self._connections.get(tenant, 0)
+
+    def entries(self) -> list[tuple[str, str, str, dict[str, str]]]:
+        """Every (tenant, room, sid, member) this node holds, to re-register after a Redis loss."""
+        return [
+            (tenant, room, sid, member)
+            for tenant, rooms in self._rooms.items()
+            for room, users in rooms.items()
+            for member, sids in users.values()
+            for sid in sids
+        ]
+
+    def connection_counts(self) -> dict[str, int]:
+        return dict(self._connections)
