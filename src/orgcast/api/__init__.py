@@ -1,17 +1,28 @@
-"""HTTP API: admin and tenant routes, OpenAPI, health, metrics."""
+"""HTTP API: admin and tenant routes, OpenAPI, health, metrics.
+
+Every route comes from a ``Route`` table (``routes.py``); the same table feeds the router and the
+OpenAPI document, so what is served is what is documented.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from . import health, tenants
+from ..state import SETTINGS
+from . import health, metrics, openapi, tenants
 from .errors import error_middleware
+from .routes import add_routes
 
 
-def middlewares() -> list[web.typedefs.Middleware]:
+def middlewares() -> list[Middleware]:
     return [error_middleware]
 
 
 def setup_routes(app: web.Application) -> None:
-    health.setup(app)
-    tenants.setup(app)
+    table = [*health.routes(), *openapi.routes(), *tenants.routes()]
+    if app[SETTINGS].metrics.enabled:
+        metrics.setup(app)
+        table += metrics.routes()
+    add_routes(app, table)
+    openapi.setup(app)

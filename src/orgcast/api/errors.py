@@ -1,11 +1,18 @@
-"""Every HTTP error leaves as ``{"error": {"code", "message", "details"?}}`` with its status."""
+"""Every HTTP error leaves as ``{"error": {"code", "message", "details"?}}`` with its status.
+
+That includes what aiohttp itself refuses: an unknown route (404), a wrong method (405, with
+``Allow``), a body above ``server.max_packet_bytes`` (413). No response ever carries a stack trace:
+an unexpected exception is logged and answered with a bare ``internal``.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..errors import OrgcastError, Unavailable
 from ..services import DB_ERRORS
@@ -26,31 +33,68 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    error.update(extra or {})
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return web.json_response({"error": error}, status=status, headers=headers)
 
 
+def from_error(exc: OrgcastError) -> web.Response:
+    body = exc.to_dict()
+    code, message, details = body.pop("code"), body.pop("message"), body.pop("details", None)
+    headers = {}
+    retry_ms = body.get("retry_after_ms")
+    if isinstance(retry_ms, int):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_ms / 1000)))
+    # Whatever else the error carries (retry_after_ms) stays inside the error object.
+    return error_response(exc.status, code, message, details, extra=body, headers=headers)
+
+
+def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(exc.status, "http_error")
+    headers: dict[str, str] = {}
+    if exc.status == 404:
+        message = f"no such route: {request.path}"
+    elif exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        headers["Allow"] = allow
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allow}"
+    elif exc.status == 413:
+        message = (
+            f"the request body exceeds the limit of {request.client_max_size} bytes "
+            "(server.max_packet_bytes)"
+        )
+    else:
+        message = exc.reason
+    return error_response(exc.status, code, message, headers=headers)
+
+
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except OrgcastError as exc:
-        body = exc.to_dict()
-        return error_response(
-            exc.status, body.pop("code"), body.pop("message"), body.pop("details", None)
-        )
+        return from_error(exc)
     except web.HTTPException as exc:
+        # Redirects pass; the Engine.IO endpoint keeps its own protocol's error format.
         if exc.status < 400 or request.path.startswith("/socket.io"):
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        return _from_http(request, exc)
     except DB_ERRORS:
-        error = Unavailable("the database is unavailable; retry")
-        return error_response(error.status, error.code, error.message)
+        return from_error(Unavailable("the database is unavailable; retry"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")

@@ -1,78 +1,40 @@
 """Tenant administration and the tenant backend API (``/api/v1/tenants...``).
 
 Who may call what: every route needs ``Authorization: Bearer <token>``. The admin token opens
-everything; a tenant API key opens only the routes marked for tenants, and only for its own slug.
+everything; a tenant API key opens only the routes marked ``tenant``, and only for its own slug.
+Authentication runs before anything is looked up, so a key of another tenant learns nothing, not
+even whether a slug exists (always 403).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from ..errors import BadRequest, Forbidden, Invalid, NotFound, Unauthorized
+from ..errors import BadRequest, Forbidden, Invalid, NotFound, TenantSuspended, Unauthorized
 from ..realtime.payloads import ROOM_RE
 from ..services.admin import same_secret
 from ..services.auth import mint_token
 from ..services.messages import NewMessage, encode_body, wire
-from ..services.tenants import TenantCreate, TenantPatch
+from ..services.tenants import SLUG_PATTERN, TenantKeys, TenantPatch
 from ..state import REALTIME, SERVICES, Services
+from . import schemas as s
+from .routes import Response, Route
 
 PREFIX = "/api/v1/tenants"
+SYSTEM_SENDER = s.Sender(id="system", name="system")
+
+M = TypeVar("M", bound=BaseModel)
 
 
-# -- request bodies -----------------------------------------------------------------------------
+# -- input --------------------------------------------------------------------------------------
 
 
-class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sub: str = Field(min_length=1, max_length=128)
-    name: str | None = Field(None, max_length=200)
-    rooms: list[str] | None = Field(None, max_length=100)
-    ttl_seconds: int = Field(3600, ge=1, le=30 * 24 * 3600)
-
-
-class Sender(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=128)
-    name: str | None = Field(None, max_length=200)
-
-
-class PublishRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    body: Any
-    sender: Sender | None = None
-    client_id: str | None = Field(None, min_length=1, max_length=128)
-
-
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(50, ge=1, le=200)
-    cursor: int = Field(0, ge=0)
-    status: Literal["active", "suspended"] | None = None
-
-
-class HistoryQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    before_seq: int | None = Field(None, ge=0)
-    after_seq: int | None = Field(None, ge=0)
-    limit: int | None = Field(None, ge=1)
-
-
-class RoomsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(100, ge=1, le=1000)
-    cursor: str = ""
-
-
-def _validate(model: type[BaseModel], data: Any) -> Any:
+def validate(model: type[M], data: Any) -> M:
+    """``model`` from ``data``, or ``Invalid`` (422) with one detail per offending field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -84,20 +46,29 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
         raise Invalid(f"invalid request: {summary}", details=details) from None
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    if not request.can_read_body:
-        raise BadRequest("a JSON body is required", code="invalid_json")
+async def read_body(request: web.Request, model: type[M]) -> M:
+    # Bytes, not request.json(): a bogus charset in Content-Type must not become a 500.
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("a JSON object body is required", code="invalid_json")
     try:
-        data = await request.json()
+        data = json.loads(raw)
     except ValueError:
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
-    return _validate(model, data)
+    return validate(model, data)
 
 
-def _query(request: web.Request, model: type[BaseModel]) -> Any:
-    return _validate(model, dict(request.query))
+def read_query(request: web.Request, model: type[M]) -> M:
+    return validate(model, dict(request.query))
+
+
+def _room(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not ROOM_RE.match(room):
+        raise BadRequest("room must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    return room
 
 
 # -- authentication -----------------------------------------------------------------------------
@@ -140,12 +111,19 @@ async def require_tenant(request: web.Request, slug: str) -> None:
         raise Forbidden("this API key belongs to another tenant")
 
 
+async def _tenant_keys(request: web.Request, slug: str) -> TenantKeys:
+    keys = await _services(request).directory.lookup(slug)
+    if keys is None:
+        raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
+    return keys
+
+
 # -- tenants ------------------------------------------------------------------------------------
 
 
 async def create_tenant(request: web.Request) -> web.Response:
     await require_admin(request)
-    spec = await _body(request, TenantCreate)
+    spec = await read_body(request, s.CreateTenantRequest)
     tenant, signing_key, api_key = await _services(request).tenants.create(spec)
     body = {**tenant.to_dict(), "signing_key": signing_key, "api_key": api_key}
     return web.json_response(body, status=201, headers={"Location": f"{PREFIX}/{tenant.slug}"})
@@ -153,7 +131,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 async def list_tenants(request: web.Request) -> web.Response:
     await require_admin(request)
-    query = _query(request, ListQuery)
+    query = read_query(request, s.ListQuery)
     tenants, next_cursor = await _services(request).tenants.list(
         status=query.status, cursor=query.cursor, limit=query.limit
     )
@@ -178,9 +156,9 @@ async def get_tenant(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def patch_tenant(request: web.Request) -> web.Response:
+async def update_tenant(request: web.Request) -> web.Response:
     await require_admin(request)
-    patch = await _body(request, TenantPatch)
+    patch = await read_body(request, TenantPatch)
     tenant = await _services(request).tenants.update(request.match_info["slug"], patch)
     return web.json_response(tenant.to_dict())
 
@@ -225,10 +203,8 @@ async def revoke_api_key(request: web.Request) -> web.Response:
 async def mint(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     await require_tenant(request, slug)
-    spec = await _body(request, TokenRequest)
-    keys = await _services(request).directory.lookup(slug)
-    if keys is None:
-        raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
+    spec = await read_body(request, s.TokenRequest)
+    keys = await _tenant_keys(request, slug)
     return web.json_response(
         mint_token(
             keys, sub=spec.sub, name=spec.name, rooms=spec.rooms, ttl_seconds=spec.ttl_seconds
@@ -239,24 +215,21 @@ async def mint(request: web.Request) -> web.Response:
 # -- rooms and messages (tenant backend) ----------------------------------------------------------
 
 
-def _room(request: web.Request) -> str:
-    room = request.match_info["room"]
-    if not ROOM_RE.match(room):
-        raise BadRequest("room must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
-    return room
-
-
 async def list_rooms(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     await require_tenant(request, slug)
-    query = _query(request, RoomsQuery)
-    services = _services(request)
-    tenant = await services.tenants.get(slug)
-    rooms = await services.messages.rooms(tenant.id, limit=query.limit, after=query.cursor)
+    query = read_query(request, s.RoomsQuery)
+    keys = await _tenant_keys(request, slug)
+    # One extra row tells whether another page exists, so the last page has no next_cursor.
+    rooms = await _services(request).messages.rooms(
+        keys.tenant.id, limit=query.limit + 1, after=query.cursor
+    )
+    more = len(rooms) > query.limit
+    rooms = rooms[: query.limit]
     live = await request.app[REALTIME].room_members(slug)
     for entry in rooms:
         entry["members"] = live.get(entry["room"], 0)
-    next_cursor = rooms[-1]["room"] if len(rooms) == query.limit else None
+    next_cursor = rooms[-1]["room"] if more else None
     return web.json_response({"rooms": rooms, "next_cursor": next_cursor})
 
 
@@ -264,15 +237,18 @@ async def room_history(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     await require_tenant(request, slug)
     room = _room(request)
-    query = _query(request, HistoryQuery)
+    query = read_query(request, s.HistoryQuery)
     services = _services(request)
     page = services.settings.messages.history_page
     limit = query.limit or min(50, page)
     if limit > page:
-        raise Invalid(f"limit must be at most {page}")
-    tenant = await services.tenants.get(slug)
+        raise Invalid(
+            f"limit must be at most {page}",
+            details=[{"field": "limit", "message": f"must be at most {page}"}],
+        )
+    keys = await _tenant_keys(request, slug)
     messages, has_more = await services.messages.history(
-        tenant.id, room, before_seq=query.before_seq, after_seq=query.after_seq, limit=limit
+        keys.tenant.id, room, before_seq=query.before_seq, after_seq=query.after_seq, limit=limit
     )
     return web.json_response({"room": room, "messages": messages, "has_more": has_more})
 
@@ -281,37 +257,138 @@ async def publish(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
     await require_tenant(request, slug)
     room = _room(request)
-    spec = await _body(request, PublishRequest)
-    services = _services(request)
-    keys = await services.directory.lookup(slug)
-    if keys is None:
-        raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
+    spec = await read_body(request, s.PublishRequest)
+    keys = await _tenant_keys(request, slug)
+    if not keys.tenant.active:
+        raise TenantSuspended("the tenant is suspended; resume it to publish")
     encoded = encode_body(spec.body, keys.limits.max_message_bytes)
-    sender = spec.sender or Sender(id="system", name="system")
-    row = await services.messages.send(
+    sender = spec.sender or SYSTEM_SENDER
+    row = await _services(request).messages.send(
         NewMessage(keys.tenant.id, room, sender.id, sender.name, encoded, spec.client_id)
     )
+    # Broadcast only after the commit, and only once: a resend was already delivered.
     if not row.duplicate:
         await request.app[REALTIME].broadcast(slug, wire(row, spec.body))
-    status = 200 if row.duplicate else 201
     return web.json_response(
         {"id": row.id, "room": room, "seq": row.seq, "ts": row.ts, "duplicate": row.duplicate},
-        status=status,
+        status=200 if row.duplicate else 201,
     )
 
 
-def setup(app: web.Application) -> None:
-    router = app.router
-    router.add_post(PREFIX, create_tenant)
-    router.add_get(PREFIX, list_tenants)
-    router.add_get(PREFIX + "/{slug}", get_tenant)
-    router.add_patch(PREFIX + "/{slug}", patch_tenant)
-    router.add_delete(PREFIX + "/{slug}", delete_tenant)
-    router.add_post(PREFIX + "/{slug}/keys", add_signing_key)
-    router.add_delete(PREFIX + "/{slug}/keys/{kid}", revoke_signing_key)
-    router.add_post(PREFIX + "/{slug}/api-keys", add_api_key)
-    router.add_delete(PREFIX + "/{slug}/api-keys/{key_id}", revoke_api_key)
-    router.add_post(PREFIX + "/{slug}/tokens", mint)
-    router.add_get(PREFIX + "/{slug}/rooms", list_rooms)
-    router.add_get(PREFIX + "/{slug}/rooms/{room}/messages", room_history)
-    router.add_post(PREFIX + "/{slug}/rooms/{room}/messages", publish)
+# -- the table ----------------------------------------------------------------------------------
+
+SLUG = {"slug": {"type": "string", "pattern": SLUG_PATTERN}}
+ROOM = {"room": {"type": "string", "pattern": s.ROOM_PATTERN}}
+NO_CONTENT = Response("Done; no body.")
+TENANT_NOT_FOUND = Response("No such tenant (tenant_not_found).", s.ErrorResponse)
+KEY_NOT_FOUND = Response("No such active key (key_not_found).", s.ErrorResponse)
+
+
+def routes() -> list[Route]:
+    one = PREFIX + "/{slug}"
+    return [
+        Route(
+            "POST", PREFIX, create_tenant, "Create a tenant", "admin", tag="tenants",
+            description="Returns the tenant with its first signing key and API key, both in "
+            "plain text: this is the only time the API key is shown.",
+            body=s.CreateTenantRequest,
+            body_example={"slug": "acme", "name": "Acme Inc.", "ephemeral_events": ["typing"]},
+            responses={
+                201: Response("Created.", s.CreatedTenant),
+                409: Response("The slug is taken (tenant_exists).", s.ErrorResponse),
+            },
+        ),
+        Route(
+            "GET", PREFIX, list_tenants, "List tenants", "admin", tag="tenants",
+            description="In creation order, one page at a time; follow next_cursor.",
+            query=s.ListQuery,
+            responses={200: Response("A page of tenants.", s.TenantPage)},
+        ),
+        Route(
+            "GET", one, get_tenant, "Get a tenant", "admin", tag="tenants",
+            description="With its effective limits, live counts, and its keys (never secrets).",
+            path_params=SLUG,
+            responses={200: Response("The tenant.", s.TenantDetail), 404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "PATCH", one, update_tenant, "Change a tenant", "admin", tag="tenants",
+            description="Only the fields given change; limits, when given, replace all overrides. "
+            "Suspending disconnects every live socket of the tenant.",
+            path_params=SLUG,
+            body=TenantPatch,
+            body_example={"name": "Acme Corporation", "limits": {"messages_per_second": 20}},
+            responses={200: Response("The changed tenant.", s.Tenant), 404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "DELETE", one, delete_tenant, "Delete a tenant", "admin", tag="tenants",
+            description="Disconnects everyone and deletes the tenant, its keys and messages.",
+            path_params=SLUG,
+            responses={204: NO_CONTENT, 404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "POST", one + "/keys", add_signing_key, "Add a signing key", "admin", tag="keys",
+            description="New tokens are signed with the newest key; older keys keep verifying "
+            "until revoked.",
+            path_params=SLUG,
+            responses={201: Response("The key, with its secret.", s.NewSigningKey),
+                       404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "DELETE", one + "/keys/{kid}", revoke_signing_key, "Revoke a signing key", "admin",
+            tag="keys",
+            description="Tokens signed with it are refused from the next connect.",
+            path_params={**SLUG, "kid": {"type": "string"}},
+            responses={204: NO_CONTENT, 404: KEY_NOT_FOUND},
+        ),
+        Route(
+            "POST", one + "/api-keys", add_api_key, "Add an API key", "admin", tag="keys",
+            path_params=SLUG,
+            responses={201: Response("The key, shown only here.", s.NewApiKey),
+                       404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "DELETE", one + "/api-keys/{key_id}", revoke_api_key, "Revoke an API key", "admin",
+            tag="keys",
+            path_params={**SLUG, "key_id": {"type": "string"}},
+            responses={204: NO_CONTENT, 404: KEY_NOT_FOUND},
+        ),
+        Route(
+            "POST", one + "/tokens", mint, "Mint a client token", "tenant", tag="tokens",
+            description="An HS256 JWT for Socket.IO auth, signed with the newest active key.",
+            path_params=SLUG,
+            body=s.TokenRequest,
+            body_example={"sub": "alice", "name": "Alice", "rooms": ["general"]},
+            responses={200: Response("The token.", s.Token), 404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "GET", one + "/rooms", list_rooms, "List rooms", "tenant", tag="rooms",
+            description="Rooms that have a message log, by name, with live member counts.",
+            path_params=SLUG,
+            query=s.RoomsQuery,
+            responses={200: Response("A page of rooms.", s.RoomPage), 404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "GET", one + "/rooms/{room}/messages", room_history, "Read room history", "tenant",
+            tag="rooms",
+            description="Without bounds, the latest limit messages; always oldest first.",
+            path_params={**SLUG, **ROOM},
+            query=s.HistoryQuery,
+            responses={200: Response("A page of history.", s.History), 404: TENANT_NOT_FOUND},
+        ),
+        Route(
+            "POST", one + "/rooms/{room}/messages", publish, "Publish a message", "tenant",
+            tag="rooms",
+            description="Stored, then broadcast as `message` to every socket in the room. "
+            "A suspended tenant cannot publish (403 tenant_suspended).",
+            path_params={**SLUG, **ROOM},
+            body=s.PublishRequest,
+            body_example={"body": {"text": "deploy finished"}, "client_id": "deploy-42"},
+            responses={
+                201: Response("Stored and broadcast.", s.Published),
+                200: Response("A resend of a stored client_id: nothing new.", s.Published),
+                404: TENANT_NOT_FOUND,
+                429: Response("The message store is busy (rate_limited); see Retry-After.",
+                              s.ErrorResponse),
+            },
+        ),
+    ]  # fmt: skip

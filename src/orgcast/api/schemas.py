@@ -1,0 +1,210 @@
+"""Request and response bodies of the HTTP API.
+
+Request models validate what comes in. Response models are the documented shape of what goes out:
+the OpenAPI document is generated from them, and the test suite validates every real response
+against them (``extra="forbid"``), so an undocumented field fails a test instead of drifting.
+Timestamps are milliseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..realtime.payloads import ROOM_RE
+from ..services.tenants import RESERVED_SLUGS, SLUG_PATTERN, TenantCreate, TenantLimits
+
+ROOM_PATTERN = ROOM_RE.pattern
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+class CreateTenantRequest(TenantCreate):
+    """A new tenant. Omitted limits take the configured defaults."""
+
+    # The slug rule is spelled out for the document only; validation stays the parent's, whose
+    # messages say which rule failed.
+    slug: str = Field(
+        description="Namespace name; not one of the reserved names.",
+        json_schema_extra={"pattern": SLUG_PATTERN, "not": {"enum": [*sorted(RESERVED_SLUGS)]}},
+    )
+
+
+class TokenRequest(Body):
+    sub: str = Field(min_length=1, max_length=128, description="User id.")
+    name: str | None = Field(None, max_length=200, description="Display name.")
+    rooms: list[str] | None = Field(
+        None, max_length=100, description="Glob patterns of rooms the user may join; absent = any."
+    )
+    ttl_seconds: int = Field(3600, ge=1, le=30 * 24 * 3600)
+
+
+class Sender(Body):
+    id: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=200)
+
+
+class PublishRequest(Body):
+    body: Any = Field(description="Any JSON value, up to the tenant's max_message_bytes encoded.")
+    sender: Sender | None = Field(None, description='Absent: {"id": "system", "name": "system"}.')
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Idempotency key: the same sender and client_id in a room is stored once.",
+    )
+
+
+class ListQuery(Body):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: int = Field(0, ge=0, description="next_cursor of the previous page.")
+    status: Literal["active", "suspended"] | None = None
+
+
+class HistoryQuery(Body):
+    before_seq: int | None = Field(None, ge=0, description="Only messages with a lower seq.")
+    after_seq: int | None = Field(
+        None, ge=0, description="Only messages with a higher seq; the page starts right after it."
+    )
+    limit: int | None = Field(None, ge=1, description="At most messages.history_page.")
+
+
+class RoomsQuery(Body):
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str = Field("", max_length=128, description="next_cursor of the previous page.")
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+class FieldError(Body):
+    field: str
+    message: str
+
+
+class ErrorDetail(Body):
+    code: str = Field(description="Stable machine-readable code, e.g. tenant_not_found.")
+    message: str = Field(description="Human-readable explanation.")
+    details: list[FieldError] | None = Field(None, description="Per-field validation errors.")
+    retry_after_ms: int | None = Field(None, description="With rate_limited: when to retry.")
+
+
+class ErrorResponse(Body):
+    error: ErrorDetail
+
+
+class Status(Body):
+    status: str
+
+
+class Tenant(Body):
+    slug: str
+    name: str
+    status: Literal["active", "suspended"]
+    limits: TenantLimits = Field(description="The tenant's overrides of the configured defaults.")
+    ephemeral_events: list[str]
+    allowed_origins: list[str]
+    created_at: int
+    updated_at: int
+
+
+class EffectiveLimits(Body):
+    max_connections: int
+    max_message_bytes: int
+    max_rooms_per_connection: int
+    messages_per_second: float
+    history_retention_days: int
+
+
+class SigningKey(Body):
+    kid: str
+    created_at: int
+    revoked_at: int | None
+
+
+class NewSigningKey(SigningKey):
+    secret: str = Field(description="The HS256 secret; shown only in this response.")
+
+
+class ApiKey(Body):
+    id: str
+    prefix: str = Field(description="The first characters of the key, to recognise it.")
+    created_at: int
+    revoked_at: int | None
+
+
+class NewApiKey(ApiKey):
+    key: str = Field(description="The API key; shown only in this response.")
+
+
+class CreatedTenant(Tenant):
+    signing_key: NewSigningKey
+    api_key: NewApiKey
+
+
+class TenantDetail(Tenant):
+    effective_limits: EffectiveLimits
+    connections: int = Field(description="Live sockets on the node that answered.")
+    rooms: int = Field(description="Rooms with live members.")
+    signing_keys: list[SigningKey]
+    api_keys: list[ApiKey]
+
+
+class TenantPage(Body):
+    tenants: list[Tenant]
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null at the end."
+    )
+
+
+class Token(Body):
+    token: str
+    kid: str
+    expires_at: int = Field(description="Seconds since the Unix epoch (the JWT's exp).")
+
+
+class RoomInfo(Body):
+    room: str
+    last_seq: int
+    message_count: int = Field(description="Messages still stored (retention deletes old ones).")
+    members: int = Field(description="Distinct users in the room now.")
+
+
+class RoomPage(Body):
+    rooms: list[RoomInfo]
+    next_cursor: str | None
+
+
+class Member(Body):
+    id: str
+    name: str
+
+
+class Message(Body):
+    id: str
+    room: str
+    seq: int
+    ts: int
+    sender: Member
+    body: Any
+    client_id: str | None = None
+
+
+class History(Body):
+    room: str
+    messages: list[Message] = Field(description="Oldest first.")
+    has_more: bool
+
+
+class Published(Body):
+    id: str
+    room: str
+    seq: int
+    ts: int
+    duplicate: bool = Field(description="True when client_id matched an already stored message.")
