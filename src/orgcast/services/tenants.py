@@ -266,6 +266,10 @@ class TenantService:
         next_cursor = tenants[-1].id if len(rows) > limit else None
         return tenants, next_cursor
 
+    async def count_by_status(self) -> dict[str, int]:
+        async with self._sessions() as session:
+            return await store.count_tenants(session)
+
     async def update(self, slug: str, patch: TenantPatch) -> Tenant:
         values: dict[str, Any] = patch.model_dump(exclude_unset=True)
         if "limits" in values:

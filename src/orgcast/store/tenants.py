@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +17,7 @@ __all__ = [
     "SigningKey",
     "Tenant",
     "active_signing_keys",
+    "count_tenants",
     "delete_tenant",
     "find_api_key",
     "get_tenant",
@@ -39,6 +40,12 @@ async def list_tenants(
     if status is not None:
         query = query.where(Tenant.status == status)
     return (await session.scalars(query)).all()
+
+
+async def count_tenants(session: AsyncSession) -> dict[str, int]:
+    """How many tenants there are, by status."""
+    rows = await session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))
+    return {status: int(count) for status, count in rows.all()}
 
 
 async def update_tenant(session: AsyncSession, tenant_id: int, values: dict[str, Any]) -> None:
