@@ -17,6 +17,7 @@ de-duplicate by ``seq``), never lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
@@ -126,6 +127,16 @@ class Realtime:
                 await self.sio.disconnect(sid, namespace=namespace)
         if isinstance(self.presence, RedisPresence):
             await self.presence.close()
+        await self.sio.shutdown()
+        # The Redis manager's listener task and connection outlive sio.shutdown(); end them here.
+        listener = getattr(self.sio.manager, "thread", None)
+        if isinstance(listener, asyncio.Task):
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        for name in ("pubsub", "redis"):
+            connection = getattr(self.sio.manager, name, None)
+            if connection is not None:
+                await connection.aclose()
 
     @property
     def services(self) -> Services:
@@ -190,8 +201,10 @@ class Realtime:
     # -- connect / disconnect -------------------------------------------------------------------
 
     async def _on_connect(
-        self, namespace: str, sid: str, environ: dict[str, Any], auth: Any
-    ) -> None:
+        self, namespace: str, sid: str, environ: Any = None, auth: Any = None, *extra: Any
+    ) -> dict[str, Any] | None:
+        if self._is_client_event(sid, namespace):
+            return _lifecycle_event_refused("connect")
         try:
             state = await self._admit(namespace, environ, auth)
         except OrgcastError as exc:
@@ -202,6 +215,13 @@ class Realtime:
             log.exception("connect to %s failed", namespace)
             raise _refusal("unavailable", "the server could not admit the connection") from None
         await self.sio.save_session(sid, {"state": state}, namespace=namespace)
+        return None
+
+    def _is_client_event(self, sid: str, namespace: str) -> bool:
+        """A client may emit an event named ``connect`` or ``disconnect``: python-socketio hands it
+        to the lifecycle handler. A genuine connect/disconnect runs while the sid is pending, so a
+        fully connected sid means a client event, which must not re-admit or drop its rooms."""
+        return bool(self.sio.manager.is_connected(sid, namespace))
 
     async def _admit(self, namespace: str, environ: dict[str, Any], auth: Any) -> SocketState:
         if namespace == "/":
@@ -225,13 +245,18 @@ class Realtime:
             )
         return SocketState(slug=slug, tenant_id=keys.tenant.id, principal=principal)
 
-    async def _on_disconnect(self, namespace: str, sid: str, reason: Any = None) -> None:
+    async def _on_disconnect(
+        self, namespace: str, sid: str, reason: Any = None, *extra: Any
+    ) -> dict[str, Any] | None:
+        if self._is_client_event(sid, namespace):
+            return _lifecycle_event_refused("disconnect")
         state = await self._state(sid, namespace)
         if state is None:
-            return
+            return None
         for room in list(state.rooms):
             await self._leave(state, sid, namespace, room)
         await self.presence.release(state.slug)
+        return None
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -413,6 +438,10 @@ class Realtime:
             namespace=namespace,
         )
         return {"ok": True}
+
+
+def _lifecycle_event_refused(event: str) -> dict[str, Any]:
+    return {"ok": False, "error": UnknownEvent(f"{event!r} is reserved").to_dict()}
 
 
 def _refusal(code: str, message: str) -> socketio.exceptions.ConnectionRefusedError:
