@@ -1,0 +1,794 @@
+"""Run every benchmark scenario against the bare reference server and orgcast, in one invocation.
+
+    ./scripts/bench [--quick] [--only fanout,chat,...]
+
+Both servers are started here: the reference (``benchmarks/reference_server.py``) and orgcast on a
+throwaway PostgreSQL database that is dropped at the end. Servers are pinned to the first allowed
+CPU and the Node load generator (``benchmarks/loadgen.mjs``) to the second, when there are two.
+Each scenario runs against the reference, then orgcast; the table prints the ratios against the
+targets, and the full JSON (steps, percentiles, CPU of server, generator and PostgreSQL backends)
+goes to ``benchmarks/results/<timestamp>.json``.
+
+Scenarios: memory (RSS per idle socket), storm (connect storm with JWTs), fanout (1 room x 200
+clients, saturation search), chat (500 rooms of 2, everyone sending), recovery (join since,
+replaying 10,000 messages), tenants (connect latency with 10 / 1,000 / 10,000 tenants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import jwt
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+PG_ADMIN = os.environ.get("ORGCAST_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_TOKEN = "bench-admin-" + secrets.token_hex(12)
+REF_SECRET = secrets.token_hex(32)
+SLUG = "bench"
+SCENARIOS = ("memory", "storm", "fanout", "chat", "recovery", "tenants")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = {
+    "fanout": 0.8,
+    "chat": 0.7,
+    "storm": 0.8,
+    "half_p99_ms": 50.0,
+    "tenant_flatness": 0.2,
+}
+
+# Sizes per mode: quick is a smoke run (~2 minutes), full stays within ~15 minutes.
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "memory": {"clients": 500},
+        "storm": {"clients": 1000, "rounds": 1},
+        "fanout": {"step_s": 2, "start_rate": 10, "growth": 1.6, "refine": 1, "max_steps": 12},
+        "chat": {"duration_s": 3},
+        "recovery": {"repeats": 3},
+        "tenants": {"warm_connects": 50, "cold": 8},
+        "repeats": {},
+    },
+    "full": {
+        "memory": {"clients": 2000},
+        "storm": {"clients": 1000, "rounds": 3},
+        "fanout": {"step_s": 4, "start_rate": 10, "growth": 1.35, "refine": 3, "max_steps": 20},
+        "chat": {"duration_s": 8},
+        "recovery": {"repeats": 5},
+        "tenants": {"warm_connects": 200, "cold": 16},
+        # Alternating runs (ref, orgcast, ref, orgcast); the best of each is kept, since other
+        # load on a shared machine only ever makes a run slower.
+        "repeats": {"storm": 2, "fanout": 2, "chat": 2},
+    },
+}
+
+
+def best_key(scenario: str, run: dict[str, Any]) -> float:
+    """The figure a scenario is ranked by when it ran more than once (higher is better)."""
+    result = run.get("result", {})
+    if scenario == "fanout":
+        return float((result.get("saturation") or {}).get("deliveries_per_s", 0))
+    if scenario == "chat":
+        return float((result.get("saturation") or {}).get("stored_and_delivered_per_s", 0))
+    if scenario == "storm":
+        return float(result.get("median_connects_per_s", 0))
+    return 0.0
+
+
+def log(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None:
+        return cmd
+    return ["taskset", "-c", str(cpu), *cmd]
+
+
+def cpu_ticks(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready ({url})")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {seconds}s")
+
+
+@dataclass
+class Target:
+    """One server under test: how to reach it and how clients authenticate to it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    namespace: str
+    signer: tuple[str | None, str]  # (kid, secret)
+    slug: str = SLUG
+    db: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        # Under taskset the Popen is the server itself (taskset execs it).
+        return self.proc.pid
+
+    def tokens(self, count: int, prefix: str = "u") -> list[str]:
+        kid, secret = self.signer
+        return [mint(secret, kid, f"{prefix}{i}", self.slug) for i in range(count)]
+
+
+def mint(secret: str, kid: str | None, sub: str, aud: str) -> str:
+    claims = {"sub": sub, "name": sub, "exp": int(time.time()) + 7200, "aud": aud}
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims, secret, algorithm="HS256", headers=headers)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def start_reference(cpu: int | None) -> Target:
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "reference_server.py"), "--port", str(port)]
+    cmd += ["--jwt-secret", REF_SECRET]
+    proc = subprocess.Popen(pinned(cmd, cpu), stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz", proc)
+    return Target("reference", proc, url, "/" + SLUG, (None, REF_SECRET))
+
+
+def start_orgcast(cpu: int | None, db_url: str, data_dir: str) -> Target:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ORGCAST_DATABASE__URL": db_url,
+        "ORGCAST_ADMIN__TOKEN": ADMIN_TOKEN,
+        "ORGCAST_DATA_DIR": data_dir,
+        "ORGCAST_REDIS__URL": "",
+        "ORGCAST_LOG__LEVEL": "WARNING",
+        "ORGCAST_MESSAGES__REPLAY_PAGE": "10000",
+    }
+    orgcast = shutil.which("orgcast", path=str(ROOT / ".venv" / "bin")) or "orgcast"
+    cmd = [orgcast, "serve", "--port", str(port), "--migrate"]
+    proc = subprocess.Popen(pinned(cmd, cpu), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/readyz", proc)
+    created = http(
+        "POST",
+        url + "/api/v1/tenants",
+        {
+            "slug": SLUG,
+            "name": "Benchmark",
+            "limits": {
+                "max_connections": 1_000_000,
+                "messages_per_second": 100_000,
+                "max_rooms_per_connection": 1000,
+            },
+        },
+        ADMIN_TOKEN,
+    )
+    key = created["signing_key"]
+    # One token through the API proves the locally minted ones have the same shape.
+    minted = http(
+        "POST",
+        f"{url}/api/v1/tenants/{SLUG}/tokens",
+        {"sub": "probe", "ttl_seconds": 3600},
+        ADMIN_TOKEN,
+    )
+    target = Target("orgcast", proc, url, "/" + SLUG, (key["kid"], key["secret"]), db=db_url)
+    target.extra["api_token"] = minted["token"]
+    return target
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+async def pg_exec(dsn: str, *statements: tuple[str, tuple[Any, ...]]) -> list[Any]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        out = []
+        for sql, params in statements:
+            out.append(await connection.fetch(sql, *params))
+        return out
+    finally:
+        await connection.close()
+
+
+def pg_dsn(db: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+
+
+def pg_backend_ticks(db: str) -> int:
+    rows = asyncio.run(
+        pg_exec(
+            PG_ADMIN,
+            ("SELECT pid FROM pg_stat_activity WHERE datname = $1", (db,)),
+        )
+    )[0]
+    return sum(cpu_ticks(r["pid"]) for r in rows)
+
+
+def seed_tenants(db: str, first: int, last: int) -> int:
+    """Insert seeded tenants bt-<first..last> with one signing key each; returns the total."""
+    now = int(time.time() * 1000)
+    rows = asyncio.run(
+        pg_exec(
+            pg_dsn(db),
+            (
+                "INSERT INTO tenants (slug, name, status, limits, ephemeral_events,"
+                " allowed_origins, created_at, updated_at)"
+                " SELECT 'bt-' || lpad(i::text, 6, '0'), 'Seeded ' || i, 'active', '{}'::json,"
+                " '[]'::json, '[]'::json, $3, $3 FROM generate_series($1::int, $2::int) AS i",
+                (first, last, now),
+            ),
+            (
+                "INSERT INTO signing_keys (tenant_id, kid, secret, created_at)"
+                " SELECT id, 'kb', md5(slug) || md5(slug || 'x'), $1 FROM tenants"
+                " WHERE slug LIKE 'bt-%' AND id NOT IN (SELECT tenant_id FROM signing_keys)",
+                (now,),
+            ),
+            ("SELECT count(*) AS n FROM tenants", ()),
+        )
+    )
+    return int(rows[2][0]["n"])
+
+
+def seeded(i: int) -> tuple[str, str]:
+    slug = f"bt-{i:06d}"
+    secret = hashlib.md5(slug.encode()).hexdigest() + hashlib.md5((slug + "x").encode()).hexdigest()
+    return slug, secret
+
+
+# -- the generator ------------------------------------------------------------------------------
+
+
+class Generator:
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+        self.node = shutil.which("node") or "node"
+        self.tmp = Path(tempfile.mkdtemp(prefix="orgcast-bench-"))
+
+    def _config(self, config: dict[str, Any]) -> Path:
+        path = self.tmp / f"{config['scenario']}-{time.monotonic_ns()}.json"
+        path.write_text(json.dumps(config))
+        return path
+
+    def _cmd(self, path: Path) -> list[str]:
+        return pinned([self.node, str(HERE / "loadgen.mjs"), str(path)], self.cpu)
+
+    def run(self, config: dict[str, Any]) -> dict[str, Any]:
+        config.setdefault("timeout_s", 300)
+        path = self._config(config)
+        done = subprocess.run(
+            self._cmd(path),
+            stdout=subprocess.PIPE,
+            timeout=config["timeout_s"] + 30,
+            check=False,
+            cwd=ROOT,
+        )
+        lines = done.stdout.decode().strip().splitlines()
+        out = json.loads(lines[-1]) if lines else {"error": f"no output (exit {done.returncode})"}
+        if "error" in out:
+            raise RuntimeError(f"{config['scenario']}: {out['error']}")
+        return dict(out)
+
+    @contextlib.contextmanager
+    def holding(self, config: dict[str, Any]) -> Iterator[None]:
+        """Run the ``hold`` scenario: yields while the sockets are connected."""
+        config.setdefault("timeout_s", 300)
+        path = self._config(config)
+        proc = subprocess.Popen(
+            self._cmd(path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline().decode()
+        if "holding" not in line:
+            proc.kill()
+            raise RuntimeError(f"hold: {line.strip() or 'no output'}")
+        try:
+            yield
+        finally:
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+            proc.wait(timeout=60)
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+def base(target: Target, scenario: str, tokens: int) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "url": target.url,
+        "namespace": target.namespace,
+        "tokens": target.tokens(tokens),
+        "server_pid": target.pid,
+        "clk_tck": CLK_TCK,
+    }
+
+
+def measure(target: Target, gen: Generator, config: dict[str, Any]) -> dict[str, Any]:
+    """Run one loadgen scenario, adding whole-run server CPU, RSS and PostgreSQL CPU."""
+    ticks0, pg0 = cpu_ticks(target.pid), pg_ticks(target)
+    t0 = time.monotonic()
+    out = gen.run(config)
+    wall = time.monotonic() - t0
+    server_s = (cpu_ticks(target.pid) - ticks0) / CLK_TCK
+    out["server"] = {
+        "cpu_s": round(server_s, 2),
+        "wall_s": round(wall, 2),
+        "rss_kb": rss_kb(target.pid),
+    }
+    if target.db is not None:
+        out["server"]["postgres_cpu_s"] = round((pg_ticks(target) - pg0) / CLK_TCK, 2)
+    return out
+
+
+def pg_ticks(target: Target) -> int:
+    if target.db is None:
+        return 0
+    try:
+        return pg_backend_ticks(target.db.rsplit("/", 1)[1])
+    except (OSError, asyncpg.PostgresError):
+        return 0
+
+
+def run_memory(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    # A warm-up round first, so one-off allocations (imports, caches) are not counted per socket.
+    with gen.holding({**base(target, "hold", 50), "clients": 50}):
+        pass
+    time.sleep(1.0)
+    before = rss_kb(target.pid)
+    n = p["clients"]
+    with gen.holding({**base(target, "hold", n), "clients": n}):
+        time.sleep(1.5)
+        during = rss_kb(target.pid)
+    time.sleep(1.0)
+    return {
+        "clients": n,
+        "rss_before_kb": before,
+        "rss_connected_kb": during,
+        "rss_after_kb": rss_kb(target.pid),
+        "kb_per_socket": round((during - before) / n, 2),
+    }
+
+
+def run_storm(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    n = p["clients"]
+    config = {**base(target, "storm", n), "clients": n, "rounds": p["rounds"], "concurrency": n}
+    return measure(target, gen, config)
+
+
+def run_fanout(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    config = {
+        **base(target, "fanout", 200),
+        "clients": 200,
+        "senders": 4,
+        "room": f"fan-{secrets.token_hex(3)}",
+        "max_rate": 5000,
+        "p99_limit_ms": 250,
+        "grace_s": 2,
+        "timeout_s": 600,
+        **p,
+    }
+    return measure(target, gen, config)
+
+
+def run_chat(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    config = {**base(target, "chat", 1000), "clients": 1000, "window": 1, "grace_s": 3, **p}
+    return measure(target, gen, config)
+
+
+def run_recovery(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    config = {
+        **base(target, "recovery", 16),
+        "room": f"replay-{secrets.token_hex(3)}",
+        "messages": 10_000,
+        "window": 200,
+        **p,
+    }
+    return measure(target, gen, config)
+
+
+def run_tenants(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    stages = []
+    next_id = 1
+    for scale in (10, 1000, 10_000):
+        if target.db is not None:
+            db = target.db.rsplit("/", 1)[1]
+            last = scale - 1  # plus the benchmark tenant itself
+            total = seed_tenants(db, next_id, last) if last >= next_id else scale
+            ids = list(range(next_id, last + 1))
+            next_id = last + 1
+            warm_slug, warm_secret = seeded(ids[-1])
+            warm = {"namespace": "/" + warm_slug, "token": mint(warm_secret, "kb", "w", warm_slug)}
+            cold = []
+            for i in ids[: p["cold"]]:
+                slug, secret = seeded(i)
+                cold.append({"namespace": "/" + slug, "token": mint(secret, "kb", "c", slug)})
+        else:
+            # The reference has no tenants: a new namespace per "cold" connect, for scale.
+            total = scale
+            token = target.tokens(1)[0]
+            warm = {"namespace": f"/ref-{scale}", "token": token}
+            cold = [{"namespace": f"/ref-{scale}-{i}", "token": token} for i in range(p["cold"])]
+        config = {
+            **base(target, "tenants", 1),
+            "warm": warm,
+            "cold": cold,
+            "warm_connects": p["warm_connects"],
+            "concurrency": 1,
+        }
+        out = measure(target, gen, config)
+        out["tenants"] = total
+        stages.append(out)
+        log(f"{target.name} tenants={total}: warm {out['result']['warm']}")
+    return {"stages": stages}
+
+
+RUNNERS = {
+    "memory": run_memory,
+    "storm": run_storm,
+    "fanout": run_fanout,
+    "chat": run_chat,
+    "recovery": run_recovery,
+    "tenants": run_tenants,
+}
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    versions = {"python": platform.python_version()}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        versions["node"] = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("python-socketio", "python-engineio", "aiohttp", "uvloop", "asyncpg"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[dist] = version(dist)
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        pkg = ROOT / "node_modules" / "socket.io-client" / "package.json"
+        versions["socket.io-client"] = json.loads(pkg.read_text())["version"]
+    with contextlib.suppress(OSError, IndexError, asyncpg.PostgresError):
+        versions["postgresql"] = asyncio.run(pg_exec(PG_ADMIN, ("SHOW server_version", ())))[0][0][
+            0
+        ]
+    return {
+        "nproc": os.cpu_count(),
+        "allowed_cpus": sorted(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "versions": versions,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return round(a / b, 3)
+
+
+def limit_of(step: dict[str, Any] | None) -> str:
+    """Which side ran out first during a measured phase."""
+    if not step:
+        return "-"
+    gen = step.get("generator_cpu_frac", 0)
+    srv = step.get("server_cpu_frac", 0)
+    if gen >= 0.85 and gen >= srv:
+        return f"generator ({gen:.0%} CPU)"
+    if srv >= 0.85:
+        return f"server CPU ({srv:.0%})"
+    return f"neither CPU-bound (server {srv:.0%}, generator {gen:.0%})"
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(scenario: str, metric: str, ref: Any, org: Any, **kw: Any) -> None:
+        rows.append({"scenario": scenario, "metric": metric, "reference": ref, "orgcast": org} | kw)
+
+    ref, org = results.get("reference", {}), results.get("orgcast", {})
+    if "memory" in ref or "memory" in org:
+        r, o = ref.get("memory", {}), org.get("memory", {})
+        row("memory", "KB per idle socket", r.get("kb_per_socket"), o.get("kb_per_socket"),
+            ratio=ratio(o.get("kb_per_socket"), r.get("kb_per_socket")))  # fmt: skip
+    if "storm" in ref or "storm" in org:
+        r = ref.get("storm", {}).get("result", {})
+        o = org.get("storm", {}).get("result", {})
+        rr, oo = r.get("median_connects_per_s"), o.get("median_connects_per_s")
+        row("c storm", "connects/s (1,000 JWT clients)", rr, oo, ratio=ratio(oo, rr),
+            target=f">= {TARGETS['storm']}x",
+            met=_met(ratio(oo, rr), TARGETS["storm"]))  # fmt: skip
+        ro, oo_ = (r.get("rounds") or [{}])[0], (o.get("rounds") or [{}])[0]
+        row("c storm", "connect p99 ms", ro.get("latency", {}).get("p99_ms"),
+            oo_.get("latency", {}).get("p99_ms"), limit=limit_of(oo_))  # fmt: skip
+    if "fanout" in ref or "fanout" in org:
+        r = ref.get("fanout", {}).get("result", {})
+        o = org.get("fanout", {}).get("result", {})
+        rs, os_ = r.get("saturation") or {}, o.get("saturation") or {}
+        rr, oo = rs.get("deliveries_per_s"), os_.get("deliveries_per_s")
+        row("a fan-out", "deliveries/s at saturation (1 room x 200)", rr, oo, ratio=ratio(oo, rr),
+            target=f">= {TARGETS['fanout']}x", met=_met(ratio(oo, rr), TARGETS["fanout"]),
+            limit=f"ref: {limit_of(rs)}; orgcast: {limit_of(os_)}")  # fmt: skip
+        row("a fan-out", "sender msgs/s at saturation", rs.get("rate"), os_.get("rate"))
+        rn, on = per_cpu(rs, "deliveries_per_s"), per_cpu(os_, "deliveries_per_s")
+        row("a fan-out", "deliveries per server CPU-second", rn, on, ratio=ratio(on, rn))
+        row("a fan-out", "server runqueue wait at saturation", rs.get("server_runqueue_wait_frac"),
+            os_.get("server_runqueue_wait_frac"))  # fmt: skip
+        rh, oh = r.get("half") or {}, o.get("half") or {}
+        p99 = oh.get("latency", {}).get("p99_ms")
+        row("a fan-out", "p99 ms at half saturation", rh.get("latency", {}).get("p99_ms"), p99,
+            target=f"<= {TARGETS['half_p99_ms']:g} ms",
+            met=None if p99 is None else p99 <= TARGETS["half_p99_ms"])  # fmt: skip
+        row("a fan-out", "generator CPU at saturation", rs.get("generator_cpu_frac"),
+            os_.get("generator_cpu_frac"))  # fmt: skip
+    if "chat" in ref or "chat" in org:
+        r = ref.get("chat", {}).get("result", {})
+        o = org.get("chat", {}).get("result", {})
+        rs, os_ = r.get("saturation") or {}, o.get("saturation") or {}
+        rr, oo = rs.get("stored_and_delivered_per_s"), os_.get("stored_and_delivered_per_s")
+        row("b chat", "stored+delivered msgs/s (500 rooms x 2)", rr, oo, ratio=ratio(oo, rr),
+            target=f">= {TARGETS['chat']}x", met=_met(ratio(oo, rr), TARGETS["chat"]),
+            limit=f"ref: {limit_of(rs)}; orgcast: {limit_of(os_)}")  # fmt: skip
+        rn = per_cpu(rs, "stored_and_delivered_per_s")
+        on = per_cpu(os_, "stored_and_delivered_per_s")
+        row("b chat", "messages per server CPU-second", rn, on, ratio=ratio(on, rn))
+        row("b chat", "server runqueue wait at saturation", rs.get("server_runqueue_wait_frac"),
+            os_.get("server_runqueue_wait_frac"))  # fmt: skip
+        rh, oh = r.get("half") or {}, o.get("half") or {}
+        p99 = oh.get("latency", {}).get("p99_ms")
+        row("b chat", "delivery p99 ms at half saturation", rh.get("latency", {}).get("p99_ms"),
+            p99, target=f"<= {TARGETS['half_p99_ms']:g} ms",
+            met=None if p99 is None else p99 <= TARGETS["half_p99_ms"])  # fmt: skip
+        row("b chat", "postgres backend CPU s", None,
+            org.get("chat", {}).get("server", {}).get("postgres_cpu_s"))  # fmt: skip
+    if "recovery" in ref or "recovery" in org:
+        r = ref.get("recovery", {}).get("result", {})
+        o = org.get("recovery", {}).get("result", {})
+        rr, oo = r.get("median_ms"), o.get("median_ms")
+        row("d recovery", "join since: replay 10,000 msgs, ms", rr, oo, ratio=ratio(rr, oo))
+    if "tenants" in ref or "tenants" in org:
+        rst = ref.get("tenants", {}).get("stages", [])
+        ost = org.get("tenants", {}).get("stages", [])
+        warm = []
+        for i, scale in enumerate((10, 1000, 10_000)):
+            rw = rst[i]["result"] if i < len(rst) else {}
+            ow = ost[i]["result"] if i < len(ost) else {}
+            ow_p50 = ow.get("warm", {}).get("p50_ms")
+            warm.append(ow_p50)
+            row("e tenants", f"connect p50/p99 ms, {scale:,} tenants (warm)",
+                _pair(rw.get("warm")), _pair(ow.get("warm")))  # fmt: skip
+            row("e tenants", f"first connect p50/max ms, {scale:,} tenants (cold)",
+                _pair(rw.get("cold"), "max_ms"), _pair(ow.get("cold"), "max_ms"))  # fmt: skip
+        if all(warm):
+            spread = max(warm) / min(warm) - 1
+            row("e tenants", "warm p50 spread 10 -> 10,000 tenants", None, f"{spread:+.0%}",
+                target="<= 20%", met=spread <= TARGETS["tenant_flatness"])  # fmt: skip
+    return rows
+
+
+def per_cpu(step: dict[str, Any], key: str) -> int | None:
+    """Throughput per second of server CPU: robust to CPU time taken by other processes."""
+    cpu = step.get("server_cpu_frac")
+    return round(step[key] / cpu) if cpu and step.get(key) else None
+
+
+def _pair(summary: dict[str, Any] | None, high: str = "p99_ms") -> str | None:
+    if not summary or not summary.get("n"):
+        return None
+    return f"{summary['p50_ms']:.2f} / {summary[high]:.2f}"
+
+
+def _met(value: float | None, target: float) -> bool | None:
+    return None if value is None else value >= target
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    headers = ["scenario", "metric", "reference", "orgcast", "ratio", "target", "met"]
+    cells = []
+    for r in rows:
+        met = r.get("met")
+        cells.append(
+            [
+                r["scenario"],
+                r["metric"],
+                _fmt(r.get("reference")),
+                _fmt(r.get("orgcast")),
+                _fmt(r.get("ratio")),
+                r.get("target", ""),
+                "" if met is None else ("yes" if met else "NO"),
+            ]
+        )
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) + " |"
+        for cell in cells
+    ]
+    limits = [f"- {r['scenario']}: {r['limit']}" for r in rows if r.get("limit")]
+    return "\n".join([line, rule, *body, "", "What limited each result:", *limits])
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run, about two minutes")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument(
+        "--targets", default="reference,orgcast", help="which servers (reference,orgcast)"
+    )
+    args = parser.parse_args()
+    only = [s for s in args.only.split(",") if s]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    names = [t for t in args.targets.split(",") if t]
+    profile = PROFILES["quick" if args.quick else "full"]
+    if not (ROOT / "node_modules" / "socket.io-client").is_dir():
+        print("run `npm ci` first (node_modules/socket.io-client is missing)", file=sys.stderr)
+        return 1
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, gen_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+    info = machine()
+    info["pinning"] = {"servers": server_cpu, "generator": gen_cpu}
+    log(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), load {info['loadavg_start']}")
+    gen = Generator(gen_cpu)
+    db_name = f"orgcast_bench_{secrets.token_hex(4)}"
+    data_dir = tempfile.mkdtemp(prefix="orgcast-bench-data-")
+    asyncio.run(pg_exec(PG_ADMIN, (f'CREATE DATABASE "{db_name}"', ())))
+    targets: list[Target] = []
+    results: dict[str, dict[str, Any]] = {n: {} for n in names}
+    started = time.monotonic()
+    try:
+        if "reference" in names:
+            targets.append(start_reference(server_cpu))
+        if "orgcast" in names:
+            targets.append(start_orgcast(server_cpu, pg_dsn(db_name).replace(
+                "postgresql://", "postgresql+asyncpg://"), data_dir))  # fmt: skip
+        for scenario in only:
+            runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+            for _ in range(profile["repeats"].get(scenario, 1)):
+                for target in targets:
+                    log(f"{scenario} -> {target.name}")
+                    t0 = time.monotonic()
+                    try:
+                        out = RUNNERS[scenario](target, gen, dict(profile[scenario]))
+                    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                        log(f"{scenario} on {target.name} failed: {exc}")
+                        out = {"error": str(exc)}
+                    runs[target.name].append(out)
+                    log(f"{scenario} -> {target.name}: {time.monotonic() - t0:.0f}s")
+                    time.sleep(1.0)
+            for name, outs in runs.items():
+                results[name][scenario] = max(outs, key=lambda o: best_key(scenario, o))
+                if len(outs) > 1:
+                    results[name][scenario + "_runs"] = outs
+    finally:
+        for target in targets:
+            stop(target.proc)
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            drop = f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'
+            asyncio.run(pg_exec(PG_ADMIN, (drop, ())))
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(gen.tmp, ignore_errors=True)
+    info["loadavg_end"] = list(os.getloadavg())
+    rows = summarize(results)
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": info,
+        "summary": rows,
+        "results": results,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{report['mode']}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print()
+    print(
+        f"orgcast benchmarks ({report['mode']}), {info['nproc']} CPUs {info['cpu_model']}, "
+        f"servers on CPU {server_cpu}, generator on CPU {gen_cpu}; "
+        f"load {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}"
+    )
+    print(table(rows))
+    print(f"\nfull results: {out.relative_to(ROOT)}")
+    print(json.dumps({"summary": rows, "file": str(out.relative_to(ROOT))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
