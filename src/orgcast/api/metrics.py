@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from ..services import DB_ERRORS
@@ -87,10 +88,10 @@ async def metrics(request: web.Request) -> web.Response:
         snapshot.tenants = await services.tenants.count_by_status()
     except DB_ERRORS:
         snapshot.tenants = None  # still serve the node's own numbers while the database is down
+    # The text format Prometheus asks for in Accept (OpenMetrics or plain); plain 0.0.4 if none.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     app[COLLECTOR].snapshot = snapshot
-    return web.Response(
-        body=generate_latest(app[METRICS]), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return web.Response(body=encode(app[METRICS]), headers={"Content-Type": content_type})
 
 
 def routes() -> list[Route]:
@@ -98,7 +99,9 @@ def routes() -> list[Route]:
         Route(
             "GET", PATH, metrics, "Prometheus metrics", "none", tag="meta",
             description="Only when metrics.enabled; otherwise this route does not exist (404).",
-            responses={200: Response("Prometheus text format 0.0.4.", content_type="text/plain")},
+            responses={
+                200: Response("Prometheus text, or OpenMetrics.", content_type="text/plain"),
+            },
         ),
     ]  # fmt: skip
 
