@@ -36,7 +36,7 @@ class NodeProcess:
             **env,
         }
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (our own console script)
+            self.process = subprocess.Popen(
                 [ORGCAST, "serve", "--port", str(self.port), "--migrate"],
                 env=environment,
                 stdout=log,
@@ -54,7 +54,7 @@ class NodeProcess:
                     async with http.get(self.url + "/readyz") as response:
                         if response.status == 200:
                             return
-                await asyncio.sleep(0.1)  # noqa: ASYNC110 (poll interval, bounded above)
+                await asyncio.sleep(0.1)
         raise TimeoutError(f"node on {self.port} not ready: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
@@ -85,7 +85,7 @@ class RedisProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             [
                 self.binary,
                 "--port",
@@ -96,7 +96,7 @@ class RedisProcess:
                 "",
                 "--appendonly",
                 "no",
-            ],  # fmt: skip
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -107,7 +107,7 @@ class RedisProcess:
             with contextlib.suppress(redis.RedisError):
                 if redis.Redis(port=self.port, socket_connect_timeout=0.5).ping():
                     return
-            time.sleep(0.05)  # noqa: ASYNC251 (sync start-up poll, bounded)
+            time.sleep(0.05)
         raise TimeoutError("private redis-server did not start")
 
     def stop(self) -> None:

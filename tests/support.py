@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,25 @@ class Server:
         )
         return client
 
+    async def refusal(self, slug: str, auth: Any) -> dict[str, Any]:
+        """Connect and expect a refusal; returns the ``connect_error`` data ``{code, message}``."""
+        refused: list[Any] = []
+        client = socketio.AsyncClient(reconnection=False)
+        client.on("connect_error", refused.append, namespace=f"/{slug}")
+        try:
+            await client.connect(
+                self.url, namespaces=[f"/{slug}"], auth=auth, transports=["websocket"],
+                wait_timeout=5,
+            )  # fmt: skip
+        except socketio.exceptions.ConnectionError:
+            pass
+        else:
+            await client.disconnect()
+            raise AssertionError(f"connect to /{slug} was admitted")
+        assert len(refused) == 1, refused
+        assert refused[0]["message"] == refused[0]["data"]["code"], refused
+        return dict(refused[0]["data"])
+
     async def close_clients(self) -> None:
         for client in self.clients:
             with contextlib.suppress(Exception):
@@ -206,6 +226,20 @@ async def start_server(settings: Settings, *, migrate: bool = True) -> AsyncIter
         finally:
             await node.close_clients()
             await runner.cleanup()
+
+
+POLL_INTERVAL = 0.05
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 5.0) -> float:
+    """Poll ``predicate`` until it holds, for state no event announces (a process's port, a
+    counter); fails after ``within`` seconds. Returns how long it took."""
+    start = time.monotonic()
+    while not await predicate():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(POLL_INTERVAL)
+    return time.monotonic() - start
 
 
 class Inbox:

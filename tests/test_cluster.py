@@ -18,7 +18,7 @@ import socketio
 
 from orgcast.settings import RedisSettings
 from tests.nodes import NodeProcess, private_redis
-from tests.support import Inbox, Server, node_settings, start_server
+from tests.support import Inbox, Server, eventually, node_settings, start_server
 
 TTL = 2.0  # redis.node_ttl_seconds for these tests: a dead node leaves within ~2.7 s
 
@@ -33,16 +33,6 @@ async def two_nodes(
         start_server(node_settings(database_url, tmp_path / "b", redis=redis)) as two,
     ):
         yield one, two
-
-
-async def wait_until(predicate, within: float = 5.0) -> float:  # type: ignore[no-untyped-def]
-    """Poll an async predicate until it holds (bounded); returns the seconds it took."""
-    start = time.monotonic()
-    while not await predicate():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)  # noqa: ASYNC110 (poll interval, bounded above)
-    return time.monotonic() - start
 
 
 async def joined(client: socketio.AsyncClient, ns: str, room: str, **extra: object) -> dict:  # type: ignore[type-arg]
@@ -134,18 +124,11 @@ async def test_suspend_on_one_node_disconnects_sockets_on_the_other_within_a_sec
         assert time.monotonic() - started < 1.0
         assert bystander.connected
 
-        refused: list[object] = []
-        late = socketio.AsyncClient(reconnection=False)
-        late.on("connect_error", refused.append, namespace=ns)
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await late.connect(two.url, namespaces=[ns], auth={"token": await one.token(tenant.slug)},
-                               transports=["websocket"], wait_timeout=5)  # fmt: skip
-        assert refused == [
-            {
-                "message": "tenant_suspended",
-                "data": {"code": "tenant_suspended", "message": "tenant is suspended"},
-            }
-        ]
+        token = await one.token(tenant.slug)
+        assert await two.refusal(tenant.slug, {"token": token}) == {
+            "code": "tenant_suspended",
+            "message": "tenant is suspended",
+        }
 
 
 async def test_key_revocation_and_ephemeral_changes_on_one_node_apply_on_the_other(
@@ -169,13 +152,7 @@ async def test_key_revocation_and_ephemeral_changes_on_one_node_apply_on_the_oth
 
         status, _ = await one.request("DELETE", f"/api/v1/tenants/{tenant.slug}/keys/{tenant.kid}")
         assert status == 204
-        refused: list[object] = []
-        late = socketio.AsyncClient(reconnection=False)
-        late.on("connect_error", refused.append, namespace=ns)
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            await late.connect(two.url, namespaces=[ns], auth={"token": token},
-                               transports=["websocket"], wait_timeout=5)  # fmt: skip
-        assert [r["data"]["code"] for r in refused] == ["auth_invalid"]  # type: ignore[index]
+        assert (await two.refusal(tenant.slug, {"token": token}))["code"] == "auth_invalid"
 
 
 async def test_presence_lists_each_user_once_across_nodes_with_one_event_per_user(
@@ -213,19 +190,12 @@ async def test_connection_limit_holds_across_nodes(
 ) -> None:
     async with two_nodes(pg_database, tmp_path, redis_url, redis_channel) as (one, two):
         tenant = await one.create_tenant(limits={"max_connections": 3})
-        ns = f"/{tenant.slug}"
         first = await one.connect(tenant.slug, await one.token(tenant.slug, "a"))
         await two.connect(tenant.slug, await two.token(tenant.slug, "b"))
         await one.connect(tenant.slug, await one.token(tenant.slug, "c"))
         for node in (one, two):
-            refused: list[object] = []
-            client = socketio.AsyncClient(reconnection=False)
-            client.on("connect_error", refused.append, namespace=ns)
-            with pytest.raises(socketio.exceptions.ConnectionError):
-                await client.connect(node.url, namespaces=[ns],
-                                     auth={"token": await node.token(tenant.slug, "d")},
-                                     transports=["websocket"], wait_timeout=5)  # fmt: skip
-            assert [r["data"]["code"] for r in refused] == ["connection_limit"]  # type: ignore[index]
+            auth = {"token": await node.token(tenant.slug, "d")}
+            assert (await node.refusal(tenant.slug, auth))["code"] == "connection_limit"
         await first.disconnect()
 
         async def admitted() -> bool:
@@ -235,7 +205,7 @@ async def test_connection_limit_holds_across_nodes(
                 return False
             return True
 
-        await wait_until(admitted, within=5)
+        await eventually(admitted, within=5)
 
 
 async def test_a_killed_node_leaves_presence_and_its_clients_recover_on_another_node(
@@ -283,7 +253,7 @@ async def test_a_killed_node_leaves_presence_and_its_clients_recover_on_another_
                     acked.append(ack["seq"])
 
             sender = asyncio.create_task(stream())
-            await wait_until(lambda: _at_least(acked, 20), within=10)
+            await eventually(lambda: _at_least(acked, 20), within=10)
             killed_at = time.monotonic()
             doomed.kill()
             await asyncio.wait_for(sender, 10)
