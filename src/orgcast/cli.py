@@ -97,16 +97,15 @@ async def tenant_service(settings: Settings) -> AsyncIterator[TenantService]:
     control = ControlBus()
     announcer = _Announcer(control)
     try:
-        if settings.is_sqlite:
+        current, head = await schema.current_revision(engine), schema.head_revision()
+        if current != head and settings.is_sqlite:
             await schema.upgrade(settings.database_url)
-        else:
-            current, head = await schema.current_revision(engine), schema.head_revision()
-            if current != head:
-                raise Unavailable(
-                    f"the database schema is at {current or 'nothing'}, not at {head}: "
-                    "run: orgcast db upgrade (or alembic upgrade head)",
-                    code="schema_not_at_head",
-                )
+        elif current != head:
+            raise Unavailable(
+                f"the database schema is at {current or 'nothing'}, not at {head}: "
+                "run: orgcast db upgrade (or alembic upgrade head)",
+                code="schema_not_at_head",
+            )
         yield TenantService(create_sessions(engine), settings.limits, control)
     except DB_ERRORS as exc:
         raise Unavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from None
@@ -205,7 +204,7 @@ async def tenants_list(args: argparse.Namespace, settings: Settings) -> None:
     async with tenant_service(settings) as tenants:
         cursor: int | None = 0
         while cursor is not None:
-            page, cursor = await tenants.list(status=args.status, cursor=cursor, limit=200)
+            page, cursor = await tenants.list_page(status=args.status, cursor=cursor, limit=200)
             found.extend(page)
     if found:
         width = max(len("SLUG"), *(len(t.slug) for t in found))

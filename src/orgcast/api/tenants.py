@@ -132,7 +132,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 async def list_tenants(request: web.Request) -> web.Response:
     await require_admin(request)
     query = read_query(request, s.ListQuery)
-    tenants, next_cursor = await _services(request).tenants.list(
+    tenants, next_cursor = await _services(request).tenants.list_page(
         status=query.status, cursor=query.cursor, limit=query.limit
     )
     return web.json_response(

@@ -191,8 +191,8 @@ class Realtime:
                 continue
             try:
                 keys = await self.services.directory.lookup(name)
-            except (OrgcastError, *DB_ERRORS):
-                continue
+            except OrgcastError:
+                continue  # database unavailable: the next connect or event checks again
             if keys is None or not keys.tenant.active:
                 await self.disconnect_tenant(name)
                 if keys is None:

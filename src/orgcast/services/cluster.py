@@ -66,6 +66,11 @@ return 1
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
+def _text(value: bytes | str) -> str:
+    """Clients here decode responses; this only satisfies the type of redis-py's results."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisPresence:
     """The ``Presence`` protocol for a cluster of nodes sharing one Redis."""
 
@@ -140,7 +145,7 @@ class RedisPresence:
 
     async def rooms(self, tenant: str) -> dict[str, int]:
         try:
-            names = sorted(await self._redis.smembers(f"{self._p}:rooms:{tenant}"))
+            names = sorted(map(_text, await self._redis.smembers(f"{self._p}:rooms:{tenant}")))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hlen(self._room_keys(tenant, name)[1])
@@ -201,7 +206,7 @@ class RedisPresence:
         if previous is None and self._registered:
             await self._resync()
         self._registered = True
-        for node in await self._redis.smembers(f"{self._p}:nodes"):
+        for node in map(_text, await self._redis.smembers(f"{self._p}:nodes")):
             if node != self.node_id and not await self._redis.exists(f"{self._p}:node:{node}"):
                 await self.remove_node(node)
 
@@ -220,13 +225,14 @@ class RedisPresence:
         for index in await self._redis.smembers(f"{self._p}:nodekeys:{node}"):
             tenant, room = json.loads(index)
             keys = self._room_keys(tenant, room)
-            for field, value in (await self._redis.hgetall(keys[0])).items():
+            for raw, value in (await self._redis.hgetall(keys[0])).items():
+                field = _text(raw)
                 if not field.startswith(prefix):
                     continue
                 member = json.loads(value)
                 if await self._leave(keys=keys, args=[field, member["id"], room]):
                     await self._on_leave(tenant, room, member)
-        for tenant in await self._redis.smembers(f"{self._p}:nodeconns:{node}"):
+        for tenant in map(_text, await self._redis.smembers(f"{self._p}:nodeconns:{node}")):
             await self._redis.hdel(f"{self._p}:conns:{tenant}", node)
         await self._redis.delete(f"{self._p}:nodekeys:{node}", f"{self._p}:nodeconns:{node}")
         await self._redis.srem(f"{self._p}:nodes", node)

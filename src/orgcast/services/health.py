@@ -20,7 +20,7 @@ class HealthService:
         try:
             async with asyncio.timeout(self._timeout):
                 current = await schema.current_revision(self._engine)
-        except (*DB_ERRORS, TimeoutError):
+        except DB_ERRORS:  # includes TimeoutError
             return False, "database unreachable"
         head = schema.head_revision()
         if current != head:

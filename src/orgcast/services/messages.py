@@ -122,7 +122,7 @@ class MessageService:
     async def drain(self) -> None:
         """Store everything already queued (called at shutdown before the writer is cancelled)."""
         while not self._queue.empty():
-            batch = []
+            batch: list[_Pending] = []
             while not self._queue.empty() and len(batch) < self._settings.batch_max_size:
                 batch.append(self._queue.get_nowait())
             await self._flush(batch)
@@ -193,7 +193,8 @@ class MessageService:
         # seq has no gaps, so a first message later than since+1 means retention removed some.
         expired = since < last_seq and (not rows or rows[0].seq > since + 1)
         truncated = bool(rows) and rows[-1].seq < last_seq
-        return Replay(last_seq, missed, truncated, expired)
+        # A batch committed between the two reads may be in ``missed``: report the newer seq.
+        return Replay(max(last_seq, rows[-1].seq if rows else 0), missed, truncated, expired)
 
     async def history(
         self,

@@ -26,7 +26,7 @@ class RetentionTask:
         """One pass over every tenant; returns how many messages were deleted."""
         total, cursor = 0, 0
         while True:
-            page, next_cursor = await self._tenants.list(cursor=cursor, limit=200)
+            page, next_cursor = await self._tenants.list_page(cursor=cursor, limit=200)
             for tenant in page:
                 days = self._tenants.limits_for(tenant).history_retention_days
                 total += await self._messages.delete_expired(tenant.id, days)

@@ -254,7 +254,7 @@ class TenantService:
             raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
         return Tenant.from_row(row)
 
-    async def list(
+    async def list_page(
         self, *, status: str | None = None, cursor: int = 0, limit: int = 50
     ) -> tuple[list[Tenant], int | None]:
         """A page of tenants in creation order; the second value is the next cursor, if any."""

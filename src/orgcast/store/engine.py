@@ -21,7 +21,7 @@ from ..settings import Settings
 Sessions = async_sessionmaker[AsyncSession]
 
 # What a database that is down or unreachable raises; the edges turn these into `unavailable`.
-DB_ERRORS: tuple[type[BaseException], ...] = (
+DB_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
     InterfaceError,
     PoolTimeout,

@@ -12,7 +12,8 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -62,8 +63,9 @@ def new_message_id(now_ms: int) -> str:
     return f"{now_ms:012x}{os.urandom(10).hex()}"
 
 
-def _upsert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+def _upsert(session: AsyncSession) -> Any:
+    """The dialect's INSERT with ON CONFLICT (both PostgreSQL and SQLite have one)."""
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> list[StoredRow]:
@@ -113,9 +115,9 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
         rows = []
         for i in fresh:
             message = batch[i]
-            key = (message.tenant_id, message.room)
-            seq = next_seq[key]
-            next_seq[key] = seq + 1
+            room_key = (message.tenant_id, message.room)
+            seq = next_seq[room_key]
+            next_seq[room_key] = seq + 1
             stored = StoredRow(
                 new_message_id(now), message.room, seq, now, message.sender_id,
                 message.sender_name, message.body, message.client_id,
@@ -125,7 +127,7 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
                 {
                     "id": stored.id,
                     "tenant_id": message.tenant_id,
-                    "room_id": rooms[key].id,
+                    "room_id": rooms[room_key].id,
                     "seq": seq,
                     "ts": now,
                     "sender_id": message.sender_id,
@@ -143,12 +145,8 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
                 first_of[(message.tenant_id, message.room, message.sender_id, message.client_id)]
             ]
             assert original is not None
-            results[i] = StoredRow(**{**_fields(original), "duplicate": True})
+            results[i] = replace(original, duplicate=True)
     return [r for r in results if r is not None]
-
-
-def _fields(row: StoredRow) -> dict[str, object]:
-    return {name: getattr(row, name) for name in StoredRow.__dataclass_fields__}
 
 
 async def _find_by_client_ids(
