@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
 from orgcast.settings import MetricsSettings
 from tests.support import (
@@ -128,3 +131,45 @@ async def test_metrics_disabled_is_a_json_404(server: Server) -> None:
         404,
         {"error": {"code": "not_found", "message": "no such route: /metrics"}},
     )
+
+
+async def test_metrics_negotiate_openmetrics_when_asked(database_url: str, tmp_path: Path) -> None:
+    async with metrics_node(database_url, tmp_path) as server:
+        async with server.http.get(
+            server.url + "/metrics", headers={"Accept": "application/openmetrics-text"}
+        ) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith(
+                "application/openmetrics-text; version=1.0.0"
+            )
+            text = await response.text()
+    assert "orgcast_messages_stored_total 0.0" in text
+    assert text.endswith("# EOF\n")
+
+
+@pytest.mark.postgres
+async def test_metrics_still_answer_with_database_up_0_while_the_database_refuses(
+    pg_database: str, pg_server: str, tmp_path: Path
+) -> None:
+    settings = node_settings(pg_database, tmp_path, metrics=MetricsSettings(enabled=True))
+    database = make_url(pg_database).database
+    admin_dsn = make_url(pg_server).set(drivername="postgresql").render_as_string(False)
+    async with start_server(settings) as server:
+        assert orgcast(await scrape(server))["orgcast_database_up"] == 1
+        connection = await asyncpg.connect(admin_dsn)
+        try:
+            await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+            assert orgcast(await scrape(server)) == {
+                "orgcast_connections": 0,
+                "orgcast_tenants_connected": 0,
+                "orgcast_messages_stored_total": 0,
+                "orgcast_message_batches_total": 0,
+                "orgcast_database_up": 0,
+            }
+        finally:
+            await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+            await connection.close()

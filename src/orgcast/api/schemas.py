@@ -150,7 +150,7 @@ class CreatedTenant(Tenant):
 
 class TenantDetail(Tenant):
     effective_limits: EffectiveLimits
-    connections: int = Field(description="Live sockets on the node that answered.")
+    connections: int = Field(description="Live sockets (cluster-wide when Redis is configured).")
     rooms: int = Field(description="Rooms with live members.")
     signing_keys: list[SigningKey]
     api_keys: list[ApiKey]
