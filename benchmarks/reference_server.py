@@ -11,7 +11,11 @@ benchmarks use, and nothing else: no database, no tenants, no rate limits, no pr
 
 ``join {since}`` replays from an in-memory log (bounded per room), so the recovery scenario has a
 baseline for the cost of encoding and sending the replay without the cost of reading it back.
-Engine settings match orgcast's defaults: uvloop when installed, no compression of any kind.
+Engine settings match orgcast's configured defaults: uvloop when installed, no compression of any
+kind. python-engineio builds aiohttp's ``WebSocketResponse`` with aiohttp's default
+``compress=True`` (and has no option for it), so permessage-deflate is negotiated with every client
+that offers it, as the Node client does; ``PlainWebSocket`` below turns it off, unless
+``--websocket-compression`` asks for it.
 
 Run: ``python benchmarks/reference_server.py --port 8091 [--jwt-secret S] [--loop asyncio]``.
 """
@@ -28,11 +32,26 @@ from typing import Any
 import jwt
 import socketio
 from aiohttp import web
+from engineio.async_drivers import aiohttp as eio_aiohttp
 
 LOG_LIMIT = 20_000
 
 
-def build(jwt_secret: str | None) -> web.Application:
+class PlainWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """The engine's aiohttp websocket, without permessage-deflate."""
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
+def build(jwt_secret: str | None, compression: bool = False) -> web.Application:
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         namespaces="*",
@@ -46,6 +65,9 @@ def build(jwt_secret: str | None) -> web.Application:
         logger=False,
         engineio_logger=False,
     )
+    if not compression:
+        # A private table of the engine, copied so that the module-level one stays untouched.
+        sio.eio._async = {**sio.eio._async, "websocket": PlainWebSocket}
     seqs: dict[tuple[str, str], int] = collections.defaultdict(int)
     logs: dict[tuple[str, str], collections.deque[dict[str, Any]]] = {}
     ids = itertools.count(1)
@@ -118,6 +140,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8091)
     parser.add_argument("--jwt-secret", default=None)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--websocket-compression", action="store_true", help="negotiate permessage-deflate"
+    )
     args = parser.parse_args()
     if args.loop == "uvloop":
         try:
@@ -127,7 +152,7 @@ def main() -> None:
         except ImportError:
             pass
     web.run_app(
-        build(args.jwt_secret),
+        build(args.jwt_secret, args.websocket_compression),
         host=args.host,
         port=args.port,
         print=lambda _: print(f"reference serving on http://{args.host}:{args.port}", flush=True),
