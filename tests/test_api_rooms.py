@@ -3,13 +3,18 @@ idempotent by client_id), REST history paging, and the rooms list."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import socketio
+from sqlalchemy.engine import make_url
 
 from orgcast.api import schemas
-from tests.support import Inbox, Server, Tenant
+from orgcast.settings import MessagesSettings
+from tests.support import Inbox, Server, Tenant, node_settings, start_server
 
 TENANTS = "/api/v1/tenants"
 SYSTEM = {"id": "system", "name": "system"}
@@ -292,3 +297,60 @@ async def test_rooms_of_one_tenant_never_show_another_tenants_rooms(server: Serv
         200,
         {"room": "secret-room", "messages": [], "has_more": False},
     )
+
+
+# -- back-pressure --------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_publish_while_the_store_is_backed_up_is_429_with_retry_after(
+    pg_database: str, pg_server: str, tmp_path: Path
+) -> None:
+    """A row lock held by another transaction stalls the writer for real; with room for one
+    message in the queue, a third concurrent publish must be refused, not buffered."""
+    messages = MessagesSettings(queue_max=1, batch_max_size=1, retention_interval_seconds=3600)
+    async with start_server(node_settings(pg_database, tmp_path, messages=messages)) as server:
+        tenant = await server.create_tenant()
+        await publish(server, tenant, "busy", body=0)
+        dsn = make_url(pg_database).set(drivername="postgresql").render_as_string(False)
+        blocker = await asyncpg.connect(dsn)
+        try:
+            lock = blocker.transaction()
+            await lock.start()
+            await blocker.execute(
+                "SELECT 1 FROM rooms JOIN tenants ON tenants.id = rooms.tenant_id "
+                "WHERE tenants.slug = $1 AND rooms.name = 'busy' FOR UPDATE OF rooms",
+                tenant.slug,
+            )
+            path = messages_path(tenant, "busy")
+
+            async def attempt(i: int) -> tuple[int, dict[str, str], Any]:
+                async with server.http.post(
+                    server.url + path,
+                    json={"body": i},
+                    headers={"Authorization": f"Bearer {tenant.api_key}"},
+                ) as response:
+                    return response.status, dict(response.headers), await response.json()
+
+            tasks = [asyncio.create_task(attempt(i)) for i in (1, 2, 3)]
+            # While the lock holds, nothing can be stored: whatever finishes first was refused.
+            done, _ = await asyncio.wait(tasks, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            assert done, "no publish was refused while the store was stalled"
+            status, headers, body = next(iter(done)).result()
+            assert status == 429
+            assert headers["Retry-After"] == "1"
+            assert body == {
+                "error": {
+                    "code": "rate_limited",
+                    "message": "the message store is busy; retry shortly",
+                    "retry_after_ms": 100,
+                }
+            }
+        finally:
+            await lock.rollback()
+            await blocker.close()
+        results = [await asyncio.wait_for(task, 10) for task in tasks]
+        statuses = sorted(r[0] for r in results)
+        assert statuses in ([201, 201, 429], [201, 429, 429])
+        status, history = await server.request("GET", messages_path(tenant, "busy"))
+        assert [m["seq"] for m in history["messages"]] == list(range(1, statuses.count(201) + 2))
