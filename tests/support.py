@@ -187,6 +187,13 @@ class Server:
 
     async def refusal(self, slug: str, auth: Any) -> dict[str, Any]:
         """Connect and expect a refusal; returns the ``connect_error`` data ``{code, message}``."""
+        refused = await self.try_connect(slug, auth)
+        if refused is None:
+            raise AssertionError(f"connect to /{slug} was admitted")
+        return refused
+
+    async def try_connect(self, slug: str, auth: Any) -> dict[str, Any] | None:
+        """The refusal's ``{code, message}``, or None when admitted (then disconnected)."""
         refused: list[Any] = []
         client = socketio.AsyncClient(reconnection=False)
         client.on("connect_error", refused.append, namespace=f"/{slug}")
@@ -199,7 +206,7 @@ class Server:
             pass
         else:
             await client.disconnect()
-            raise AssertionError(f"connect to /{slug} was admitted")
+            return None
         assert len(refused) == 1, refused
         assert refused[0]["message"] == refused[0]["data"]["code"], refused
         return dict(refused[0]["data"])
