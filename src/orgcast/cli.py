@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -220,9 +220,8 @@ async def tenants_show(args: argparse.Namespace, settings: Settings) -> None:
     async with tenant_service(settings) as tenants:
         tenant = await tenants.get(args.slug)
         effective = tenants.limits_for(tenant).__dict__
-        # cast: inside TenantService, mypy reads the `list[...]` return annotation as its method.
-        signing_keys = cast("list[dict[str, Any]]", await tenants.signing_keys(args.slug))
-        api_keys = cast("list[dict[str, Any]]", await tenants.api_keys(args.slug))
+        signing_keys = await tenants.signing_keys(args.slug)
+        api_keys = await tenants.api_keys(args.slug)
     data = {
         **tenant.to_dict(),
         "effective_limits": effective,

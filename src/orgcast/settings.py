@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,7 +28,13 @@ _layered_files: ContextVar[tuple[Path, ...] | None] = ContextVar("_layered_files
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class ServerSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: a misspelt key is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str = ""
@@ -40,7 +46,7 @@ class ServerSettings(BaseModel):
     use_uvloop: bool = True
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(Section):
     url: str = ""
     pool_size: int = Field(10, ge=1)
     echo: bool = False
@@ -54,7 +60,7 @@ class DatabaseSettings(BaseModel):
         return value
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(Section):
     url: str = ""
     channel: str = Field("orgcast", min_length=1, max_length=100)
     node_ttl_seconds: float = Field(10.0, ge=1, le=3600)
@@ -67,7 +73,7 @@ class RedisSettings(BaseModel):
         return value
 
 
-class AdminSettings(BaseModel):
+class AdminSettings(Section):
     token: str = ""
 
     @field_validator("token")
@@ -78,7 +84,7 @@ class AdminSettings(BaseModel):
         return value
 
 
-class LimitsSettings(BaseModel):
+class LimitsSettings(Section):
     """Tenant defaults; each tenant may override any of them."""
 
     max_connections: int = Field(10_000, ge=1)
@@ -88,7 +94,7 @@ class LimitsSettings(BaseModel):
     history_retention_days: int = Field(30, ge=1)
 
 
-class MessagesSettings(BaseModel):
+class MessagesSettings(Section):
     history_page: int = Field(100, ge=1, le=1000)
     replay_page: int = Field(1000, ge=1, le=100_000)
     batch_max_size: int = Field(256, ge=1)
@@ -98,11 +104,11 @@ class MessagesSettings(BaseModel):
     retention_batch: int = Field(5000, ge=1)
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     enabled: bool = False
 
 
-class LogSettings(BaseModel):
+class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
 
