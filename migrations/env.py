@@ -21,7 +21,9 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+    # get_section, not get_main_option: run from pyproject.toml there is no alembic.ini section.
+    ini = config.get_section(config.config_ini_section, {})
+    url = config.attributes.get("url") or ini.get("sqlalchemy.url")
     if url:
         return str(url)
     try:
@@ -49,10 +51,12 @@ def run_migrations_offline() -> None:
 
 async def _run_async() -> None:
     engine = create_async_engine(_url(), poolclass=pool.NullPool)
-    async with engine.connect() as connection:
-        await connection.run_sync(_configure)
-        await connection.commit()
-    await engine.dispose()
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_configure)
+            await connection.commit()
+    finally:
+        await engine.dispose()
 
 
 def run_migrations_online() -> None:

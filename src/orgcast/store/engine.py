@@ -40,11 +40,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def ensure_sqlite_directory(database_url: str) -> None:
+    """SQLite creates the file but not its directory; make the directory."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_directory(settings.database_url)
         engine = create_async_engine(url, echo=settings.database.echo)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

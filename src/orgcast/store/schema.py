@@ -11,6 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .engine import ensure_sqlite_directory
+
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 
 
@@ -26,6 +28,7 @@ def head_revision() -> str | None:
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
+    ensure_sqlite_directory(url)
     # env.py runs its own event loop, so it gets a thread of its own.
     await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
 
