@@ -554,5 +554,5 @@ async def test_token_request_is_validated_with_422(
     assert (status, validation_fields(answer)) == (422, fields)
 
 
-async def test_limits_model_matches_the_documented_limit_names() -> None:
+def test_documented_effective_limits_name_every_tenant_limit() -> None:
     assert set(TenantLimits.model_fields) == set(schemas.EffectiveLimits.model_fields)
