@@ -52,7 +52,15 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     realtime.attach(app)
     api.setup_routes(app)
     app.cleanup_ctx.append(_services_ctx(migrate))
+    app.on_shutdown.append(_drain_messages)
     return app
+
+
+async def _drain_messages(app: web.Application) -> None:
+    """On shutdown, while sockets are still open: store what is queued, so its senders get acks."""
+    services = app.get(SERVICES)
+    if services is not None:
+        await services.messages.drain()
 
 
 def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
@@ -104,8 +112,6 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             yield
         finally:
             await realtime.stop()
-            with contextlib.suppress(*DB_ERRORS):
-                await messages.drain()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -51,6 +51,7 @@ class DatabaseSettings(Section):
     pool_size: int = Field(10, ge=1)
     echo: bool = False
     connect_timeout: float = Field(5.0, gt=0)
+    command_timeout: float = Field(10.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -12,6 +12,7 @@ transaction and resolves every sender's future when it commits. An ack therefore
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -118,14 +119,15 @@ class MessageService:
                     if not pending.future.done():
                         pending.future.set_exception(Unavailable("server shutting down"))
                 raise
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
-    async def drain(self) -> None:
-        """Store everything already queued (called at shutdown before the writer is cancelled)."""
-        while not self._queue.empty():
-            batch: list[_Pending] = []
-            while not self._queue.empty() and len(batch) < self._settings.batch_max_size:
-                batch.append(self._queue.get_nowait())
-            await self._flush(batch)
+    async def drain(self, within: float = 10.0) -> None:
+        """Wait until the writer has stored everything queued so far (bounded): at shutdown,
+        before sockets are closed, so that queued senders still get their acks."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), within)
 
     async def _flush(self, batch: list[_Pending]) -> None:
         try:

@@ -42,5 +42,8 @@ class RetentionTask:
             except DB_ERRORS:
                 log.warning("retention sweep skipped: database unavailable")
                 continue
+            except Exception:  # never let one bad sweep end retention for the process's life
+                log.exception("retention sweep failed")
+                continue
             if deleted:
                 log.info("retention deleted %d expired messages", deleted)

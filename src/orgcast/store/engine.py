@@ -59,7 +59,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         echo=settings.database.echo,
         pool_size=settings.database.pool_size,
         pool_pre_ping=True,
-        connect_args={"timeout": settings.database.connect_timeout},
+        connect_args={
+            "timeout": settings.database.connect_timeout,
+            "command_timeout": settings.database.command_timeout,
+        },
     )
 
 
