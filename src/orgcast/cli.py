@@ -278,7 +278,10 @@ async def tenants_resume(args: argparse.Namespace, settings: Settings) -> None:
 def _confirmed(slug: str) -> bool:
     if not sys.stdin.isatty():
         return False
-    answer = input(f"Delete tenant {slug}, its keys and all its messages? Type the slug: ")
+    try:
+        answer = input(f"Delete tenant {slug}, its keys and all its messages? Type the slug: ")
+    except EOFError:
+        return False
     return answer.strip() == slug
 
 
