@@ -16,6 +16,8 @@ them when the control bus announces a change, so:
 
 Output is for people by default and one JSON document with ``--json``. Plain secrets are printed
 only by ``tenants create`` (once; they cannot be shown again) and never by ``tenants apply``.
+``tenants show`` reports what the database holds; live connection and room counts belong to the
+nodes and are on the admin API (``GET /api/v1/tenants/{slug}``).
 """
 
 from __future__ import annotations
