@@ -1,0 +1,155 @@
+"""The official JavaScript client (socket.io-client) against a real node: refusal codes as
+``err.message``/``err.data``, join, broadcast to everyone but the sender, acks, history and a
+long-polling connection. Node and ``node_modules`` are required in CI; locally they may be absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Server
+from tests.test_realtime_connect import polling_server, sign
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "js" / "interop.mjs"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+pytestmark = pytest.mark.node
+__all__ = ["node_or_skip", "polling_server", "run_node"]
+
+
+def node_or_skip() -> str:
+    node = shutil.which("node")
+    missing = []
+    if node is None:
+        missing.append("the `node` executable")
+    if not (ROOT / "node_modules" / "socket.io-client").is_dir():
+        missing.append("node_modules/socket.io-client (run `npm ci` in the repo root)")
+    if missing:
+        message = "JS interop needs " + " and ".join(missing)
+        if IN_CI:
+            pytest.fail(message + ": CI requires it", pytrace=False)
+        pytest.skip(message)
+    assert node is not None
+    return node
+
+
+async def run_node(node: str, script: Path, config: dict[str, Any], within: float = 60) -> Any:
+    """Run a Node script without blocking the event loop that serves it; returns its JSON line."""
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(script),
+        json.dumps(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    lines = stdout.decode().strip().splitlines()
+    assert lines, f"no output (exit {process.returncode}): {stderr.decode()[-2000:]}"
+    result = json.loads(lines[-1])
+    assert process.returncode == 0, (result, stderr.decode()[-2000:])
+    return result
+
+
+async def test_official_js_client_speaks_the_realtime_contract(polling_server: Server) -> None:
+    # A short ping interval: the polling client's last long-poll would otherwise hold shutdown.
+    server = polling_server
+    node = node_or_skip()
+    tenant = await server.create_tenant(allowed_origins=["https://app.example.com"])
+    suspended = await server.create_tenant()
+    status, _ = await server.request(
+        "PATCH", f"/api/v1/tenants/{suspended.slug}", json={"status": "suspended"}
+    )
+    assert status == 200
+    tokens = {
+        "alice": await server.token(tenant.slug, "alice", name="Alice"),
+        "bob": await server.token(tenant.slug, "bob"),
+        "carol": await server.token(tenant.slug, "carol"),
+        "expired": sign(tenant, exp=int(time.time()) - 60),
+    }
+    result = await run_node(
+        node,
+        SCRIPT,
+        {
+            "url": server.url,
+            "slug": tenant.slug,
+            "suspendedSlug": suspended.slug,
+            "allowedOrigin": "https://app.example.com",
+            "tokens": tokens,
+        },
+    )
+    assert "error" not in result, result["error"]
+
+    refusals = result["refusals"]
+    assert refusals.pop("allowed_origin") == {"connected": True, "transport": "websocket"}
+    for code, outcome in refusals.items():
+        assert outcome["message"] == code, (code, outcome)
+        assert set(outcome["data"]) == {"code", "message"}, (code, outcome)
+        assert outcome["data"]["code"] == code
+        assert isinstance(outcome["data"]["message"], str) and outcome["data"]["message"]
+    assert sorted(refusals) == sorted(
+        [
+            "namespace_required",
+            "tenant_not_found",
+            "tenant_suspended",
+            "auth_required",
+            "auth_invalid",
+            "auth_expired",
+            "origin_forbidden",
+        ]
+    )
+
+    run = result["messaging"]
+    assert run["connects"] == [{"connected": True, "transport": "websocket"}] * 2
+    assert run["joins"][0] == {
+        "ok": True,
+        "room": "lobby",
+        "seq": 0,
+        "members": [{"id": "alice", "name": "Alice"}],
+    }
+    assert sorted(m["id"] for m in run["joins"][1]["members"]) == ["alice", "bob"]
+    sent = run["sent"]
+    assert set(sent) == {"ok", "id", "room", "seq", "ts"} and sent["seq"] == 1
+    assert run["received"] == {
+        "id": sent["id"],
+        "room": "lobby",
+        "seq": 1,
+        "ts": sent["ts"],
+        "sender": {"id": "alice", "name": "Alice"},
+        "body": {"text": "hello from js", "n": 1},
+        "client_id": "js-1",
+    }
+    assert run["resent"] == sent
+    assert run["notJoined"]["error"]["code"] == "not_joined"
+    assert run["badRequest"]["error"]["code"] == "bad_request"
+    assert run["unknown"]["error"]["code"] == "unknown_event"
+
+    carol = run["carol"]
+    assert carol["connect"] == {"connected": True, "transport": "polling"}
+    assert carol["transport"] == "polling"
+    assert carol["join"]["seq"] == 1 and [m["seq"] for m in carol["join"]["missed"]] == [1]
+    assert carol["sent"]["seq"] == 2
+    assert run["bobGotCarol"]["body"] == "from polling"
+    assert run["bobGotCarol"]["sender"] == {"id": "carol", "name": "carol"}
+    # The sender never hears its own broadcast: alice got carol's message only.
+    assert [m["seq"] for m in run["aliceInbox"]] == [2]
+    history = run["history"]
+    assert [(m["seq"], m["sender"]["id"]) for m in history["messages"]] == [
+        (1, "alice"),
+        (2, "carol"),
+    ]
+    assert history["has_more"] is False
