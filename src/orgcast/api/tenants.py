@@ -268,7 +268,7 @@ async def publish(request: web.Request) -> web.Response:
     )
     # Broadcast only after the commit, and only once: a resend was already delivered.
     if not row.duplicate:
-        await request.app[REALTIME].broadcast(slug, wire(row, spec.body))
+        await request.app[REALTIME].broadcast(slug, wire(row))
     return web.json_response(
         {"id": row.id, "room": room, "seq": row.seq, "ts": row.ts, "duplicate": row.duplicate},
         status=200 if row.duplicate else 201,

@@ -49,6 +49,7 @@ from ..services.tenants import SLUG_PATTERN, TenantKeys
 from ..settings import Settings
 from ..state import Services
 from . import payloads
+from .codec import JsonCodec, raw_json, websocket_class
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,14 @@ class Realtime:
             websocket_compression=settings.server.websocket_compression,
             logger=False,
             engineio_logger=False,
+            json=JsonCodec,
         )
+        # The engine ignores websocket_compression; its websocket class is swapped for one that
+        # honours it (see codec.py). The table is copied: the module-level one stays untouched.
+        self.sio.eio._async = {
+            **self.sio.eio._async,
+            "websocket": websocket_class(settings.server.websocket_compression),
+        }
         self.sio.on("connect", self._on_connect, namespace="*")
         self.sio.on("disconnect", self._on_disconnect, namespace="*")
         self.sio.on("*", self._on_event, namespace="*")
@@ -349,7 +357,7 @@ class Realtime:
         if not row.duplicate:
             await self.sio.emit(
                 "message",
-                wire(row, data["body"]),
+                wire(row, raw_json),
                 room=room_key(room),
                 skip_sid=sid,
                 namespace=namespace,
@@ -383,7 +391,7 @@ class Realtime:
             ack["seq"] = await self.services.messages.room_seq(state.tenant_id, room)
             return ack
         replay = await self.services.messages.replay(
-            state.tenant_id, room, since, self.settings.messages.replay_page
+            state.tenant_id, room, since, self.settings.messages.replay_page, raw_json
         )
         ack.update(seq=replay.seq, missed=replay.missed, truncated=replay.truncated)
         if replay.expired:
@@ -412,7 +420,7 @@ class Realtime:
         page = self.settings.messages.history_page
         limit = payloads.limit(data, min(50, page), page)
         messages, has_more = await self.services.messages.history(
-            state.tenant_id, room, before_seq=before, after_seq=after, limit=limit
+            state.tenant_id, room, before_seq=before, after_seq=after, limit=limit, decode=raw_json
         )
         return {"ok": True, "room": room, "messages": messages, "has_more": has_more}
 

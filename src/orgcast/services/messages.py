@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +43,19 @@ def encode_body(value: Any, limit: int, what: str = "body") -> str:
     return encoded
 
 
-def wire(row: StoredRow, body: Any = ...) -> dict[str, Any]:
-    """The broadcast/history shape of a stored message."""
+BodyDecoder = Callable[[str], Any]
+
+
+def wire(row: StoredRow, decode: BodyDecoder = json.loads) -> dict[str, Any]:
+    """The broadcast/history shape of a stored message; ``decode`` turns the stored JSON text of
+    the body into what the caller's encoder writes (a value, or a pre-encoded fragment)."""
     data: dict[str, Any] = {
         "id": row.id,
         "room": row.room,
         "seq": row.seq,
         "ts": row.ts,
         "sender": {"id": row.sender_id, "name": row.sender_name or row.sender_id},
-        "body": json.loads(row.body) if body is ... else body,
+        "body": decode(row.body),
     }
     if row.client_id is not None:
         data["client_id"] = row.client_id
@@ -74,8 +79,11 @@ class Replay:
 class MessageService:
     """Stores and reads messages; owns the batching writer task (``run``)."""
 
-    def __init__(self, sessions: Sessions, settings: MessagesSettings) -> None:
+    def __init__(
+        self, sessions: Sessions, settings: MessagesSettings, reads: Sessions | None = None
+    ) -> None:
         self._sessions = sessions
+        self._reads = reads or sessions
         self._settings = settings
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.queue_max)
         self.batches = 0
@@ -176,13 +184,15 @@ class MessageService:
                 pending.future.set_exception(error)
 
     async def room_seq(self, tenant_id: int, room: str) -> int:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             state = await store.room_state(session, tenant_id, room)
         return 0 if state is None else state[1]
 
-    async def replay(self, tenant_id: int, room: str, since: int, page: int) -> Replay:
+    async def replay(
+        self, tenant_id: int, room: str, since: int, page: int, decode: BodyDecoder = json.loads
+    ) -> Replay:
         """Messages with seq > since, oldest first, at most ``page`` of them."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             state = await store.room_state(session, tenant_id, room)
             if state is None:
                 return Replay(0, [], False, False)
@@ -191,7 +201,7 @@ class MessageService:
                 session, tenant_id, room_id, after_seq=since, before_seq=None,
                 limit=page, newest_first=False,
             )  # fmt: skip
-        missed = [wire(_row(m, room)) for m in rows]
+        missed = [wire(_row(m, room), decode) for m in rows]
         # seq has no gaps, so a first message later than since+1 means retention removed some.
         expired = since < last_seq and (not rows or rows[0].seq > since + 1)
         truncated = bool(rows) and rows[-1].seq < last_seq
@@ -206,10 +216,11 @@ class MessageService:
         before_seq: int | None,
         after_seq: int | None,
         limit: int,
+        decode: BodyDecoder = json.loads,
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of history, oldest first. With only ``after_seq`` the page starts there; else
         it is the newest ``limit`` below ``before_seq`` (or overall)."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             state = await store.room_state(session, tenant_id, room)
             if state is None:
                 return [], False
@@ -229,10 +240,10 @@ class MessageService:
         rows = rows[:limit]
         if newest_first:
             rows.reverse()
-        return [wire(_row(m, room)) for m in rows], has_more
+        return [wire(_row(m, room), decode) for m in rows], has_more
 
     async def rooms(self, tenant_id: int, *, limit: int, after: str) -> list[dict[str, Any]]:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             rows = await store.list_rooms(session, tenant_id, limit, after)
         return [
             {"room": r.name, "last_seq": r.last_seq, "message_count": r.message_count} for r in rows

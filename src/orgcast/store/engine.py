@@ -58,7 +58,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         url,
         echo=settings.database.echo,
         pool_size=settings.database.pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on the message path. A connection
+        # that broke (database restarted) fails one unit of work, which answers `unavailable`,
+        # and the pool then replaces every connection of that generation.
         connect_args={
             "timeout": settings.database.connect_timeout,
             "command_timeout": settings.database.command_timeout,
@@ -68,3 +70,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def create_sessions(engine: AsyncEngine) -> Sessions:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def create_read_sessions(engine: AsyncEngine) -> Sessions:
+    """Sessions for single-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )

@@ -136,7 +136,8 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
                     "body": message.body,
                 }
             )
-        await session.execute(insert(Message), rows)
+        # The table, not the class: a Core executemany, without the ORM's bulk-insert bookkeeping.
+        await session.execute(insert(Message.__table__), rows)
 
     for i, message in enumerate(batch):
         if results[i] is None:

@@ -43,7 +43,8 @@ async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as connection:
         if not await connection.run_sync(lambda sync: inspect(sync).has_table("alembic_version")):
             return None
-        return await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        return None if revision is None else str(revision)
 
 
 async def is_at_head(engine: AsyncEngine) -> bool:
