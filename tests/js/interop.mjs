@@ -6,9 +6,10 @@ import { io } from "socket.io-client";
 const config = JSON.parse(process.argv[2]);
 const WITHIN = 5000;
 const sockets = [];
+let step = "start"; // reported if the run times out
 
 // The whole run is bounded: a hang prints a result the test can read, then exits.
-const guard = setTimeout(() => finish({ error: "timed out" }, 2), 40000);
+const guard = setTimeout(() => finish({ error: `timed out at ${step}` }, 2), 40000);
 
 function finish(result, code = 0) {
   clearTimeout(guard);
@@ -30,7 +31,8 @@ function open(namespace, options = {}) {
 }
 
 // Resolves with { connected } or { message, data } from connect_error, whichever comes first.
-function outcome(socket) {
+function outcome(socket, label) {
+  step = label;
   return new Promise((resolve) => {
     socket.once("connect", () => resolve({ connected: true, transport: socket.io.engine.transport.name }));
     socket.once("connect_error", (err) => resolve({ message: err.message, data: err.data ?? null }));
@@ -63,10 +65,11 @@ async function refusals() {
   };
   const results = {};
   for (const [code, [namespace, options]] of Object.entries(cases)) {
-    results[code] = await outcome(open(namespace, options));
+    results[code] = await outcome(open(namespace, options), code);
   }
   results.allowed_origin = await outcome(
     open("/" + slug, { auth: { token: tokens.alice }, extraHeaders: { Origin: allowedOrigin } }),
+    "allowed_origin",
   );
   return results;
 }
@@ -75,7 +78,9 @@ async function messaging() {
   const ns = "/" + config.slug;
   const alice = open(ns, { auth: { token: config.tokens.alice } });
   const bob = open(ns, { auth: { token: config.tokens.bob } });
-  const connects = [await outcome(alice), await outcome(bob)];
+  // Both listeners go on before either socket can connect, so no connect event is missed.
+  const connects = await Promise.all([outcome(alice, "alice"), outcome(bob, "bob")]);
+  step = "messaging";
   const joins = [
     await alice.timeout(WITHIN).emitWithAck("join", { room: "lobby" }),
     await bob.timeout(WITHIN).emitWithAck("join", { room: "lobby" }),
@@ -100,7 +105,8 @@ async function messaging() {
 
   // A long-polling client in the same room: its message reaches the websocket clients.
   const carol = open(ns, { auth: { token: config.tokens.carol }, transports: ["polling"] });
-  const carolConnect = await outcome(carol);
+  const carolConnect = await outcome(carol, "carol");
+  step = "polling";
   const carolJoin = await carol.timeout(WITHIN).emitWithAck("join", { room: "lobby", since: 0 });
   const bobFromCarol = nextEvent(bob, "message");
   const carolSent = await carol.timeout(WITHIN).emitWithAck("message", { room: "lobby", body: "from polling" });
