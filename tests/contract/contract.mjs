@@ -484,6 +484,11 @@ test("join and leave: exact acks; fresh room seq 0 with self as member; message 
   eq(await emit(s, "leave", { room: "jl-room" }), { ok: true, room: "jl-room" }, "leave ack");
   errAck(await emit(s, "message", { room: "jl-room", body: "x" }), "not_joined", "message after leave");
   errAck(await emit(s, "message", { room: "never-joined", body: "x" }), "not_joined", "message to a room never joined");
+  // Every allowed character, and the longest allowed name, are valid room names.
+  for (const room of ["AZaz09_.:@-", "r".repeat(128), "x"]) {
+    eq((await join(s, room)).room, room, `join ${show(room)}`);
+    eq((await send(s, room, "edge")).seq, 1, `message in ${show(room)}`);
+  }
 });
 
 test("message: ack after store, broadcast shape to the room except the sending socket (same user's other socket gets it), seq from 1 without gaps", async () => {
