@@ -40,6 +40,7 @@ class ServerSettings(Section):
     public_url: str = ""
     max_packet_bytes: int = Field(1_048_576, ge=1024)
     websocket_compression: bool = False
+    direct_fanout: bool = True
     cors_allowed_origins: list[str] = Field(default_factory=list)
     ping_interval: float = Field(25.0, gt=0)
     ping_timeout: float = Field(20.0, gt=0)

@@ -50,6 +50,7 @@ from ..settings import Settings
 from ..state import Services
 from . import payloads
 from .codec import JsonCodec, raw_json, websocket_class
+from .fanout import DirectFanout, DirectFanoutRedis
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,15 @@ class Realtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        manager = None
+        direct = settings.server.direct_fanout
+        manager: socketio.AsyncManager
         if settings.redis.url:
-            manager = socketio.AsyncRedisManager(
+            redis_manager = DirectFanoutRedis if direct else socketio.AsyncRedisManager
+            manager = redis_manager(
                 settings.redis.url, channel=f"{settings.redis.channel}:socketio"
             )
+        else:
+            manager = DirectFanout() if direct else socketio.AsyncManager()
         cors: Any = settings.server.cors_allowed_origins or "*"
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",

@@ -13,15 +13,17 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, and_, delete, func, insert, or_, select
+from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Message, Room
+
+MESSAGES = cast(Table, Message.__table__)
 
 __all__ = [
     "IntegrityError",
@@ -137,7 +139,7 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
                 }
             )
         # The table, not the class: a Core executemany, without the ORM's bulk-insert bookkeeping.
-        await session.execute(insert(Message.__table__), rows)
+        await session.execute(insert(MESSAGES), rows)
 
     for i, message in enumerate(batch):
         if results[i] is None:
