@@ -4,8 +4,7 @@ refused and terminated, and its schema is downgraded, under a running node."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from orgcast.store import schema
-from tests.support import Server, node_settings, start_server
+from tests.support import Server, eventually, node_settings, start_server
 
 NOT_REACHABLE = {"error": {"code": "unavailable", "message": "database unreachable"}}
 
@@ -47,12 +46,16 @@ async def _allow_connections(pg_server: str, database: str, allowed: bool) -> No
 
 async def _wait_ready(node: Server, within: float = 10.0) -> tuple[int, object]:
     """Poll /readyz until 200 or the deadline; returns the last answer."""
-    deadline = time.monotonic() + within
-    while True:
-        status, body = await node.request("GET", "/readyz", token=None)
-        if status == 200 or time.monotonic() > deadline:
-            return status, body
-        await asyncio.sleep(0.1)
+    last: tuple[int, object] = (0, None)
+
+    async def ready() -> bool:
+        nonlocal last
+        last = await node.request("GET", "/readyz", token=None)
+        return last[0] == 200
+
+    with contextlib.suppress(AssertionError):
+        await eventually(ready, within)
+    return last
 
 
 async def test_healthz_answers_ok_without_a_token(server: Server) -> None:

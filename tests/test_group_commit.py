@@ -11,6 +11,7 @@ commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from orgcast.settings import MessagesSettings
 from orgcast.state import SERVICES
-from tests.support import Server, Tenant, node_settings, start_server
+from tests.support import Server, Tenant, eventually, node_settings, start_server
 
 CALL_TIMEOUT = 15
 
@@ -157,10 +158,10 @@ async def test_rest_publish_and_socket_sends_into_one_room_get_seq_one_to_n_once
     assert sum(1 for m in stored if "rest" in m["body"]) == 40
 
     # The listener hears every one of them exactly once, in seq order (bounded wait).
-    for _ in range(200):
-        if len(received) >= 80:
-            break
-        await asyncio.sleep(0.025)
+    async def all_received() -> bool:
+        return len(received) >= 80
+
+    await eventually(all_received, within=5)
     assert [m["seq"] for m in received] == list(range(1, 81))
 
 
@@ -192,13 +193,14 @@ async def test_full_queue_answers_rate_limited_at_once_and_accepted_ones_commit_
                 asyncio.create_task(send(clients[n % 3], tenant.slug, room, {"n": n}))
                 for n in range(30)
             ]
+
             # At most 1 in flight + 5 queued can be accepted; the rest are refused without waiting
             # for the database.
-            for _ in range(400):
-                refused = [t for t in tasks if t.done()]
-                if len(refused) >= 24:
-                    break
-                await asyncio.sleep(0.025)
+            async def answered_without_the_database() -> bool:
+                return sum(t.done() for t in tasks) >= 24
+
+            with contextlib.suppress(AssertionError):
+                await eventually(answered_without_the_database, within=10)
             refused = [t for t in tasks if t.done()]
             assert len(refused) >= 24, f"only {len(refused)} sends answered while the DB stalls"
             for task in refused:

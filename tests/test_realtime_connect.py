@@ -18,7 +18,7 @@ import pytest
 import socketio
 
 from orgcast.settings import ServerSettings
-from tests.support import Server, Tenant, node_settings, start_server
+from tests.support import Server, Tenant, eventually, node_settings, start_server
 
 WITHIN = 5.0
 
@@ -233,15 +233,11 @@ async def test_connect_beyond_max_connections_is_refused_with_connection_limit(
     assert_refused(error, "connection_limit")
     # A freed slot is usable again.
     await first.disconnect()
-    deadline = time.monotonic() + WITHIN
-    while True:
-        try:
-            again = await server.connect(tenant.slug, token)
-            break
-        except socketio.exceptions.ConnectionError:
-            assert time.monotonic() < deadline, "the freed connection slot was never released"
-            await asyncio.sleep(0.05)
-    assert again.connected
+
+    async def slot_released() -> bool:
+        return await server.try_connect(tenant.slug, {"token": token}) is None
+
+    await eventually(slot_released, within=WITHIN)
 
 
 async def test_refusal_reaches_a_long_polling_client_too(polling_server: Server) -> None:
@@ -292,9 +288,10 @@ async def test_suspend_disconnects_a_long_polling_client_within_a_second(
     )
     assert status == 200, body
     await asyncio.wait_for(gone.wait(), 1.0)
+
     # Let the client's engine.io layer finish its own close (its last long-poll returns within
     # the ping interval) so no half-closed HTTP connection outlives the test.
-    deadline = time.monotonic() + 10
-    while client.eio.state != "disconnected":
-        assert time.monotonic() < deadline, client.eio.state
-        await asyncio.sleep(0.05)
+    async def engine_closed() -> bool:
+        return bool(client.eio.state == "disconnected")
+
+    await eventually(engine_closed, within=10)
