@@ -55,11 +55,13 @@ async def demo(polling_server: Server) -> tuple[Server, dict[str, str]]:
     return server, env
 
 
-def test_readme_shows_examples_tour_mjs_verbatim() -> None:
+def test_readme_shows_both_tour_snippets_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- tour\.mjs -->\n```js\n(.*?)```", readme, re.S)
-    assert block is not None, "README lost its tour.mjs block"
-    assert block.group(1) == (EXAMPLES / "tour.mjs").read_text()
+    for snippet, language in (("tour.mjs", "js"), ("tour.py", "python")):
+        pattern = rf"<!-- {re.escape(snippet)} -->\n```{language}\n(.*?)```"
+        block = re.search(pattern, readme, re.S)
+        assert block is not None, f"README lost its {snippet} block"
+        assert block.group(1) == (EXAMPLES / snippet).read_text()
     for snippet in ("tour.mjs", "tour.py"):
         assert f"examples/{snippet}" in readme
         assert len((EXAMPLES / snippet).read_text().splitlines()) <= 25
