@@ -202,7 +202,14 @@ def start_reference(cpu: int | None) -> Target:
     return Target("reference", proc, url, "/" + SLUG, (None, REF_SECRET))
 
 
-def start_orgcast(cpu: int | None, db_url: str, data_dir: str) -> Target:
+def start_orgcast(
+    cpu: int | None,
+    db_url: str,
+    data_dir: str,
+    name: str = "orgcast",
+    overrides: dict[str, str] | None = None,
+) -> Target:
+    """Start orgcast; ``overrides`` (environment settings) make an A/B variant of it."""
     port = free_port()
     env = {
         **os.environ,
@@ -212,9 +219,12 @@ def start_orgcast(cpu: int | None, db_url: str, data_dir: str) -> Target:
         "ORGCAST_REDIS__URL": "",
         "ORGCAST_LOG__LEVEL": "WARNING",
         "ORGCAST_MESSAGES__REPLAY_PAGE": "10000",
+        **(overrides or {}),
     }
-    orgcast = shutil.which("orgcast", path=str(ROOT / ".venv" / "bin")) or "orgcast"
-    cmd = [orgcast, "serve", "--port", str(port), "--migrate"]
+    # Every orgcast runs through the variant launcher: it applies benchmark-only switches that
+    # have no setting (the JSON codec) and otherwise is `orgcast serve`.
+    cmd = [sys.executable, str(HERE / "orgcast_variant.py"), "serve", "--port", str(port)]
+    cmd.append("--migrate")
     proc = subprocess.Popen(pinned(cmd, cpu), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/readyz", proc)
@@ -240,7 +250,7 @@ def start_orgcast(cpu: int | None, db_url: str, data_dir: str) -> Target:
         {"sub": "probe", "ttl_seconds": 3600},
         ADMIN_TOKEN,
     )
-    target = Target("orgcast", proc, url, "/" + SLUG, (key["kid"], key["secret"]), db=db_url)
+    target = Target(name, proc, url, "/" + SLUG, (key["kid"], key["secret"]), db=db_url)
     target.extra["api_token"] = minted["token"]
     return target
 
@@ -720,6 +730,91 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# -- A/B ----------------------------------------------------------------------------------------
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    label, _, pairs = text.partition(":")
+    overrides = dict(p.split("=", 1) for p in pairs.split(",") if "=" in p)
+    if not label or not overrides:
+        raise SystemExit(f"--variant {text!r}: expected LABEL:KEY=VAL[,KEY=VAL]")
+    return label, overrides
+
+
+def _runs(target: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
+    runs = target.get(scenario + "_runs") or ([target[scenario]] if scenario in target else [])
+    return [r for r in runs if "error" not in r]
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def ab_metrics(scenario: str, run: dict[str, Any]) -> dict[str, float | None]:
+    """The headline figures of one run of a scenario."""
+    r = run.get("result", {})
+    if scenario == "fanout":
+        sat, half = r.get("saturation") or {}, r.get("half") or {}
+        return {
+            "fan-out deliveries/s": sat.get("deliveries_per_s"),
+            "fan-out deliveries per server CPU-s": _fanout_per_cpu(r),
+            "fan-out p99 ms at half saturation": (half.get("latency") or {}).get("p99_ms"),
+        }
+    if scenario == "chat":
+        sat, half = r.get("saturation") or {}, r.get("half") or {}
+        return {
+            "chat stored+delivered/s": sat.get("stored_and_delivered_per_s"),
+            "chat msgs per server CPU-s": per_cpu(sat, "stored_and_delivered_per_s"),
+            "chat ack p50 ms at saturation": (sat.get("ack_latency") or {}).get("p50_ms"),
+            "chat p99 ms at half saturation": (half.get("latency") or {}).get("p99_ms"),
+        }
+    if scenario == "storm":
+        return {
+            "storm connects/s": r.get("median_connects_per_s"),
+            "storm connects per server CPU-s": _storm_per_cpu(r),
+        }
+    if scenario == "recovery":
+        return {"recovery replay ms": r.get("median_ms")}
+    if scenario == "memory":
+        return {"memory KB per socket": run.get("kb_per_socket")}
+    return {}
+
+
+def ab_table(results: dict[str, dict[str, Any]]) -> str:
+    """Median of each headline figure per server, and each orgcast variant against orgcast."""
+    names = [n for n in results if n.startswith("orgcast")] + (
+        ["reference"] if "reference" in results else []
+    )
+    medians: dict[str, dict[str, float | None]] = {}
+    counts: dict[str, int] = {}
+    for name in names:
+        for scenario in SCENARIOS:
+            runs = _runs(results[name], scenario)
+            per_run = [ab_metrics(scenario, run) for run in runs]
+            for metric in per_run[0] if per_run else {}:
+                medians.setdefault(metric, {})[name] = _median([m[metric] for m in per_run])
+                counts[metric] = max(counts.get(metric, 0), len(per_run))
+    headers = ["metric (runs)", *names, *(f"{n} / orgcast" for n in names[1:])]
+    lines = []
+    for metric, by_name in medians.items():
+        base_value = by_name.get("orgcast")
+        cells = [f"{metric} ({counts[metric]})", *(_fmt(by_name.get(n)) for n in names)]
+        cells += [_fmt(ratio(by_name.get(n), base_value)) for n in names[1:]]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+        for cells in lines
+    ]
+    return "\n".join(out)
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -731,17 +826,34 @@ def main() -> int:
         "--targets", default="reference,orgcast", help="which servers (reference,orgcast)"
     )
     parser.add_argument("--summarize", type=Path, help="print the table of a saved results file")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VAL[,KEY=VAL]",
+        help="also run orgcast with these environment settings (A/B), e.g. "
+        "nofan:ORGCAST_SERVER__DIRECT_FANOUT=false; repeatable",
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="run every scenario this many times per server (alternating)"
+    )
     args = parser.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
         print(table(summarize(saved["results"])))
+        if len(saved["results"]) > 2 or any(k.endswith("_runs") for k in saved["results"].get(
+                "orgcast", {})):  # fmt: skip
+            print("\nA/B (median over runs):\n" + ab_table(saved["results"]))
         return 0
+    variants = [parse_variant(v) for v in args.variant]
     only = [s for s in args.only.split(",") if s]
     unknown = set(only) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     names = [t for t in args.targets.split(",") if t]
     profile = PROFILES["quick" if args.quick else "full"]
+    if args.repeats:
+        profile = {**profile, "repeats": {s: args.repeats for s in SCENARIOS}}
     if not (ROOT / "node_modules" / "socket.io-client").is_dir():
         print("run `npm ci` first (node_modules/socket.io-client is missing)", file=sys.stderr)
         return 1
@@ -754,9 +866,13 @@ def main() -> int:
     gen = Generator(gen_cpu)
     db_name = f"orgcast_bench_{secrets.token_hex(4)}"
     data_dir = tempfile.mkdtemp(prefix="orgcast-bench-data-")
-    asyncio.run(pg_exec(PG_ADMIN, (f'CREATE DATABASE "{db_name}"', ())))
+    # One database per orgcast (each creates the same benchmark tenant).
+    db_names = [db_name] + [f"{db_name}_{i}" for i in range(1, len(variants) + 1)]
+    for name in db_names:
+        asyncio.run(pg_exec(PG_ADMIN, (f'CREATE DATABASE "{name}"', ())))
     targets: list[Target] = []
     results: dict[str, dict[str, Any]] = {n: {} for n in names}
+    results.update({"orgcast:" + label: {} for label, _ in variants})
     started = time.monotonic()
     try:
         if "reference" in names:
@@ -764,6 +880,12 @@ def main() -> int:
         if "orgcast" in names:
             targets.append(start_orgcast(server_cpu, pg_dsn(db_name).replace(
                 "postgresql://", "postgresql+asyncpg://"), data_dir))  # fmt: skip
+        for i, (label, overrides) in enumerate(variants, start=1):
+            url = pg_dsn(db_names[i]).replace("postgresql://", "postgresql+asyncpg://")
+            variant_dir = tempfile.mkdtemp(prefix="orgcast-bench-data-", dir=data_dir)
+            targets.append(
+                start_orgcast(server_cpu, url, variant_dir, "orgcast:" + label, overrides)
+            )
         for scenario in only:
             runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
             for _ in range(profile["repeats"].get(scenario, 1)):
@@ -785,9 +907,10 @@ def main() -> int:
     finally:
         for target in targets:
             stop(target.proc)
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
-            drop = f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'
-            asyncio.run(pg_exec(PG_ADMIN, (drop, ())))
+        for name in db_names:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                asyncio.run(pg_exec(PG_ADMIN, (drop, ())))
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(gen.tmp, ignore_errors=True)
     info["loadavg_end"] = list(os.getloadavg())
@@ -810,6 +933,8 @@ def main() -> int:
         f"load {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}"
     )
     print(table(rows))
+    if variants or max(profile["repeats"].values(), default=1) > 1:
+        print("\nA/B (median over runs):\n" + ab_table(results))
     print(f"\nfull results: {out.relative_to(ROOT)}")
     print(json.dumps({"summary": rows, "file": str(out.relative_to(ROOT))}))
     return 0

@@ -1,0 +1,55 @@
+"""Start ``orgcast`` with benchmark-only switches that have no setting, for A/B runs.
+
+    python benchmarks/orgcast_variant.py serve --port 8080 --migrate
+
+``ORGCAST_BENCH_CODEC=stdlib`` runs the Socket.IO server with the standard library's ``json``
+instead of the orjson codec, and decodes every stored body per packet as before the codec existed.
+``ORGCAST_BENCH_STORE=statements`` stores a PostgreSQL batch as before the one-statement write:
+a transaction with a room upsert and a message insert.
+Without any switch this is exactly ``orgcast``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def _stdlib_codec() -> None:
+    # Must run before orgcast.realtime.server is imported: it binds these names at import time.
+    from orgcast.realtime import codec
+
+    class StdlibJson:
+        @staticmethod
+        def dumps(value: Any, **_: Any) -> str:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+        @staticmethod
+        def loads(text: str | bytes, **_: Any) -> Any:
+            return json.loads(text)
+
+    codec.JsonCodec = StdlibJson
+    codec.raw_json = json.loads
+
+
+def _store_statements() -> None:
+    from orgcast.store import messages
+
+    messages.batch_is_one_statement = lambda sessions: False
+    messages.one_statement = lambda session: False
+
+
+def main() -> int:
+    if os.environ.get("ORGCAST_BENCH_CODEC") == "stdlib":
+        _stdlib_codec()
+    if os.environ.get("ORGCAST_BENCH_STORE") == "statements":
+        _store_statements()
+    from orgcast.__main__ import main as orgcast_main
+
+    return orgcast_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
