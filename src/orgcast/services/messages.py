@@ -85,6 +85,7 @@ class MessageService:
         self._sessions = sessions
         self._reads = reads or sessions
         self._settings = settings
+        self._one_statement = reads is not None and store.batch_is_one_statement(reads)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.queue_max)
         self.batches = 0
         self.stored = 0
@@ -171,8 +172,13 @@ class MessageService:
                 pending.future.set_result(row)
 
     async def _write(self, messages: list[NewMessage]) -> list[StoredRow]:
-        async with self._sessions.begin() as session:
-            rows = await store.write_batch(session, messages)
+        if self._one_statement and all(m.client_id is None for m in messages):
+            # One atomic statement: no BEGIN/COMMIT round trips around it.
+            async with self._reads() as session:
+                rows = await store.write_batch(session, messages)
+        else:
+            async with self._sessions.begin() as session:
+                rows = await store.write_batch(session, messages)
         self.batches += 1
         self.stored += len(messages)
         return rows

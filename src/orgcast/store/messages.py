@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select
+from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .models import Message, Room
 
@@ -29,6 +29,7 @@ __all__ = [
     "IntegrityError",
     "NewMessage",
     "StoredRow",
+    "batch_is_one_statement",
     "delete_expired",
     "list_rooms",
     "message_range",
@@ -70,6 +71,16 @@ def _upsert(session: AsyncSession) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
+def batch_is_one_statement(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """Whether ``write_batch`` stores a batch without client ids in one atomic statement, so a
+    session without a transaction (autocommit) can run it."""
+    return bool(sessions.kw["bind"].dialect.name == "postgresql")
+
+
+def one_statement(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> list[StoredRow]:
     """Store a batch; returns one row per input, in order (``duplicate`` for idempotent resends)."""
     now = int(time.time() * 1000)
@@ -97,7 +108,12 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
             first_of[key] = i
         fresh.append(i)
 
-    if fresh:
+    if fresh and one_statement(session):
+        for i, stored in zip(
+            fresh, await _insert_postgresql(session, batch, fresh, now), strict=True
+        ):
+            results[i] = stored
+    elif fresh:
         counts: dict[tuple[int, str], int] = defaultdict(int)
         for i in fresh:
             counts[(batch[i].tenant_id, batch[i].room)] += 1
@@ -150,6 +166,66 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
             assert original is not None
             results[i] = replace(original, duplicate=True)
     return [r for r in results if r is not None]
+
+
+# One statement: upsert the batch's rooms (in (tenant, name) order, advancing last_seq by each
+# room's count), then insert every message with seq = new last_seq - count + its ordinal in its
+# room. A single statement is atomic without BEGIN/COMMIT, its text never changes (compiled and
+# prepared once per connection), and the whole batch costs one round trip.
+_INSERT_BATCH = text(
+    """
+WITH batch AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS TEXT[]), CAST(:tenant_ids AS BIGINT[]), CAST(:rooms AS TEXT[]),
+        CAST(:ordinals AS BIGINT[]), CAST(:counts AS BIGINT[]), CAST(:sender_ids AS TEXT[]),
+        CAST(:sender_names AS TEXT[]), CAST(:client_ids AS TEXT[]), CAST(:bodies AS TEXT[])
+    ) AS b(id, tenant_id, room, ordinal, n, sender_id, sender_name, client_id, body)
+),
+upserted AS (
+    INSERT INTO rooms (tenant_id, name, last_seq, created_at)
+    SELECT tenant_id, room, n, CAST(:now AS BIGINT) FROM batch WHERE ordinal = 1
+    ORDER BY tenant_id, room
+    ON CONFLICT (tenant_id, name) DO UPDATE SET last_seq = rooms.last_seq + excluded.last_seq
+    RETURNING id, tenant_id, name, last_seq
+)
+INSERT INTO messages (id, tenant_id, room_id, seq, ts, sender_id, sender_name, client_id, body)
+SELECT b.id, b.tenant_id, u.id, u.last_seq - b.n + b.ordinal, CAST(:now AS BIGINT), b.sender_id,
+       b.sender_name, b.client_id, b.body
+FROM batch b JOIN upserted u ON u.tenant_id = b.tenant_id AND u.name = b.room
+RETURNING id, seq
+"""
+)
+
+
+async def _insert_postgresql(
+    session: AsyncSession, batch: Sequence[NewMessage], fresh: list[int], now: int
+) -> list[StoredRow]:
+    """Store ``batch[i]`` for each ``i`` in ``fresh`` in one statement; rows in that order."""
+    counts: dict[tuple[int, str], int] = defaultdict(int)
+    ordinals = []
+    for i in fresh:
+        key = (batch[i].tenant_id, batch[i].room)
+        counts[key] += 1
+        ordinals.append(counts[key])
+    messages = [batch[i] for i in fresh]
+    ids = [new_message_id(now) for _ in fresh]
+    params = {
+        "ids": ids,
+        "tenant_ids": [m.tenant_id for m in messages],
+        "rooms": [m.room for m in messages],
+        "ordinals": ordinals,
+        "counts": [counts[(m.tenant_id, m.room)] for m in messages],
+        "sender_ids": [m.sender_id for m in messages],
+        "sender_names": [m.sender_name for m in messages],
+        "client_ids": [m.client_id for m in messages],
+        "bodies": [m.body for m in messages],
+        "now": now,
+    }
+    seqs: dict[str, int] = {row[0]: row[1] for row in await session.execute(_INSERT_BATCH, params)}
+    return [
+        StoredRow(id_, m.room, seqs[id_], now, m.sender_id, m.sender_name, m.body, m.client_id)
+        for id_, m in zip(ids, messages, strict=True)
+    ]
 
 
 async def _find_by_client_ids(
