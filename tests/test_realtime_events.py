@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 import socketio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from orgcast.state import SERVICES
 from tests.support import (
     Inbox,
     MessagesSettings,
@@ -651,3 +654,29 @@ async def test_reconnect_after_server_restart_replays_every_acked_message(
             "lobby",
             12,
         )
+
+
+async def test_an_event_of_a_socket_whose_tenant_was_suspended_gets_tenant_suspended(
+    server: Server, database_url: str
+) -> None:
+    # A suspension this node has not been told about (another node's CLI, no Redis): the socket
+    # is still up, and its next event finds the tenant suspended in the database.
+    tenant = await server.create_tenant()
+    client = await joined(server, tenant, "alice")
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE tenants SET status = 'suspended' WHERE slug = :slug"),
+                {"slug": tenant.slug},
+            )
+    finally:
+        await engine.dispose()
+    await server.app[SERVICES].directory.invalidate(tenant.slug)
+    ack = await call(client, tenant.slug, "message", {"room": "lobby", "body": "x"})
+    assert ack == {
+        "ok": False,
+        "error": {"code": "tenant_suspended", "message": "tenant is suspended"},
+    }
+    history = await call(client, tenant.slug, "history", {"room": "lobby"})
+    assert history["error"]["code"] == "tenant_suspended"

@@ -382,9 +382,10 @@ class TenantDirectory:
         self._service = service
         self._cache: dict[str, TenantKeys] = {}
         self._generation = 0
-        control.subscribe(self._invalidate)
+        control.subscribe(self.invalidate)
 
-    async def _invalidate(self, slug: str) -> None:
+    async def invalidate(self, slug: str) -> None:
+        """Drop a cached tenant ("*": all of them); the next lookup reads the database."""
         self._generation += 1
         if slug == "*":
             self._cache.clear()
