@@ -487,3 +487,29 @@ async def test_suspend_from_the_shell_disconnects_live_sockets_of_a_node_via_red
             )
         assert (await asyncio.wait_for(refused.get(), 5))["message"] == "tenant_suspended"
         await late.disconnect()
+
+
+async def test_suspend_and_delete_from_the_shell_reach_a_node_without_redis(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # No Redis: the node finds the change in the tenant table (database.watch_interval_seconds).
+    settings = node_settings(cli.url, tmp_path / "node")
+    interval = settings.database.watch_interval_seconds
+    slugs = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for slug in slugs:
+        assert (await cli.run_async("tenants", "create", slug, "--name", "Live")).code == 0
+    async with start_server(settings) as node:
+        clients = []
+        for slug in slugs:
+            token = (await cli.run_async("token", slug, "--sub", "alice")).out.strip()
+            clients.append(await node.connect(slug, token))
+        gone = [asyncio.Event() for _ in slugs]
+        for slug, client, event in zip(slugs, clients, gone, strict=True):
+            client.on("disconnect", lambda *_, e=event: e.set(), namespace=f"/{slug}")
+
+        assert (await cli.run_async("tenants", "suspend", slugs[0])).code == 0
+        await asyncio.wait_for(gone[0].wait(), interval + 2)
+        assert (await cli.run_async("tenants", "delete", slugs[1], "--yes")).code == 0
+        await asyncio.wait_for(gone[1].wait(), interval + 2)
+        refusal = await node.refusal(slugs[0], {"token": await node.token(slugs[0])})
+        assert refusal["code"] == "tenant_suspended"

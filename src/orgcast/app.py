@@ -24,7 +24,7 @@ from .services.control import ControlBus
 from .services.health import HealthService
 from .services.messages import MessageService
 from .services.retention import RetentionTask
-from .services.tenants import TenantDirectory, TenantService
+from .services.tenants import TenantDirectory, TenantService, TenantWatcher
 from .settings import Settings
 from .state import REALTIME, SERVICES, SETTINGS, Services
 from .store import schema
@@ -77,13 +77,14 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         control = ControlBus()
         tenants = TenantService(sessions, settings.limits, control)
         messages = MessageService(sessions, settings.messages, create_read_sessions(engine))
+        directory = TenantDirectory(tenants, control)
         services = Services(
             settings=settings,
             admin_token=token,
             admin_token_path=token_path,
             control=control,
             tenants=tenants,
-            directory=TenantDirectory(tenants, control),
+            directory=directory,
             messages=messages,
             health=HealthService(engine),
         )
@@ -91,8 +92,15 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         realtime = app[REALTIME]
         redis, listener = _redis_clients(settings)
         await realtime.start(services, redis)
+        watcher = TenantWatcher(
+            tenants,
+            control,
+            lambda: directory.cached_slugs() | realtime.live_slugs(),
+            settings.database.watch_interval_seconds,
+        )
         tasks = [
             asyncio.create_task(messages.run(), name="orgcast-writer"),
+            asyncio.create_task(watcher.run(), name="orgcast-tenant-watcher"),
             asyncio.create_task(
                 RetentionTask(tenants, messages, settings).run(), name="orgcast-retention"
             ),

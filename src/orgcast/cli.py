@@ -9,10 +9,10 @@ Running nodes and the command line are separate processes. A node caches tenant 
 them when the control bus announces a change, so:
 
 - with ``redis.url`` set, each change made here is published on ``<redis.channel>:control`` in the
-  control bus's own message shape, and every node applies it within a second (a suspended or
-  deleted tenant's sockets are disconnected, new limits and origins apply at once);
-- without Redis, a running node keeps its cached copy of a tenant it has already served until it
-  restarts. To change a tenant on a live single node without Redis, use the admin HTTP API.
+  control bus's own message shape, and every node applies it at once (a suspended or deleted
+  tenant's sockets are disconnected, new limits and origins apply to the next event);
+- without Redis, every node still finds the change in the tenant table within
+  ``database.watch_interval_seconds`` (1 s by default; see ``TenantWatcher``).
 
 Output is for people by default and one JSON document with ``--json``. Plain secrets are printed
 only by ``tenants create`` (once; they cannot be shown again) and never by ``tenants apply``.

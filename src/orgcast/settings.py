@@ -53,6 +53,7 @@ class DatabaseSettings(Section):
     echo: bool = False
     connect_timeout: float = Field(5.0, gt=0)
     command_timeout: float = Field(10.0, gt=0)
+    watch_interval_seconds: float = Field(1.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -159,6 +159,10 @@ class Realtime:
 
     # -- live state -----------------------------------------------------------------------------
 
+    def live_slugs(self) -> set[str]:
+        """Tenants with sockets (or pending ones) on this node."""
+        return {ns[1:] for ns in self.sio.manager.get_namespaces() if ns != "/"}
+
     def local_connections(self, slug: str) -> int:
         namespace = "/" + slug
         if namespace not in self.sio.manager.rooms:

@@ -33,7 +33,7 @@ class ControlBus:
         self._subscribers.append(subscriber)
 
     async def tenant_changed(self, slug: str) -> None:
-        await self._deliver(slug)
+        await self.deliver_local(slug)
         if self._redis is not None:
             message = json.dumps({"node": self.node_id, "slug": slug})
             try:
@@ -41,7 +41,8 @@ class ControlBus:
             except Exception:  # Redis down: local nodes are served, others reload on a miss.
                 log.warning("control bus: could not publish the change of %s", slug)
 
-    async def _deliver(self, slug: str) -> None:
+    async def deliver_local(self, slug: str) -> None:
+        """Tell this node's subscribers only (for a change another process made)."""
         for subscriber in self._subscribers:
             try:
                 await subscriber(slug)
@@ -58,7 +59,7 @@ class ControlBus:
                     await pubsub.subscribe(self._channel)
                     if ready is not None:
                         ready.set()
-                    await self._deliver("*")  # anything may have changed while we were away
+                    await self.deliver_local("*")  # anything may have changed while we were away
                     async for message in pubsub.listen():
                         await self._on_message(message)
             except asyncio.CancelledError:
@@ -76,4 +77,4 @@ class ControlBus:
         except (ValueError, KeyError, TypeError):
             return
         if node != self.node_id and isinstance(slug, str):
-            await self._deliver(slug)
+            await self.deliver_local(slug)

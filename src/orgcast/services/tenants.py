@@ -7,11 +7,14 @@ tenant that was suspended or deleted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -24,6 +27,8 @@ from ..store.engine import DB_ERRORS, Sessions
 from ..store.models import ApiKey, SigningKey
 from ..store.models import Tenant as TenantRow
 from .control import ControlBus
+
+log = logging.getLogger(__name__)
 
 SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
 RESERVED_SLUGS = frozenset(
@@ -340,6 +345,14 @@ class TenantService:
             found = await store.find_api_key(session, _hash_key(key))
         return None if found is None else found[1].slug
 
+    async def changed_since(self, since_ms: int) -> list[tuple[str, int]]:
+        async with self._sessions() as session:
+            return list(await store.changed_since(session, since_ms))
+
+    async def existing(self, slugs: set[str]) -> set[str]:
+        async with self._sessions() as session:
+            return await store.existing_slugs(session, slugs)
+
     async def load_keys(self, slug: str) -> TenantKeys | None:
         """The tenant and its active signing secrets, or None when there is no such tenant."""
         async with self._sessions() as session:
@@ -392,6 +405,9 @@ class TenantDirectory:
         else:
             self._cache.pop(slug, None)
 
+    def cached_slugs(self) -> set[str]:
+        return set(self._cache)
+
     def cached(self, slug: str) -> TenantKeys | None:
         return self._cache.get(slug)
 
@@ -408,3 +424,57 @@ class TenantDirectory:
         if keys is not None and generation == self._generation:
             self._cache[slug] = keys
         return keys
+
+
+class TenantWatcher:
+    """Finds tenant changes made by any process, Redis or not, by reading the tenant table.
+
+    The control bus announces a change at once when it is made through this node or (with Redis)
+    any node. A change made elsewhere (the CLI against the database, a node without Redis, an
+    operator's SQL) is found here within ``interval`` seconds: tenants whose ``updated_at``
+    moved, and watched tenants (cached, or with live sockets) that no longer exist, are announced
+    to this node's subscribers, which drop caches and disconnect suspended or deleted tenants.
+    """
+
+    OVERLAP_MS = 2000  # re-read recent changes: a transaction may commit after a later one
+
+    def __init__(
+        self,
+        service: TenantService,
+        control: ControlBus,
+        watched: Callable[[], set[str]],
+        interval: float,
+    ) -> None:
+        self._service = service
+        self._control = control
+        self._watched = watched
+        self._interval = interval
+        self._seen: dict[str, int] = {}
+        self._since = now_ms()
+
+    async def check(self) -> set[str]:
+        """One pass; returns the slugs announced."""
+        changed: set[str] = set()
+        newest = self._since
+        for slug, updated in await self._service.changed_since(self._since - self.OVERLAP_MS):
+            newest = max(newest, updated)
+            if self._seen.get(slug) != updated:
+                self._seen[slug] = updated
+                changed.add(slug)
+        self._since = newest
+        self._seen = {s: t for s, t in self._seen.items() if t >= newest - self.OVERLAP_MS}
+        watched = self._watched()
+        changed |= watched - await self._service.existing(watched)
+        for slug in sorted(changed):
+            await self._control.deliver_local(slug)
+        return changed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except DB_ERRORS:
+                log.warning("tenant watcher: database unavailable; retrying")
+            except Exception:
+                log.exception("tenant watcher failed; retrying")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -17,8 +17,10 @@ __all__ = [
     "SigningKey",
     "Tenant",
     "active_signing_keys",
+    "changed_since",
     "count_tenants",
     "delete_tenant",
+    "existing_slugs",
     "find_api_key",
     "get_tenant",
     "list_api_keys",
@@ -40,6 +42,18 @@ async def list_tenants(
     if status is not None:
         query = query.where(Tenant.status == status)
     return (await session.scalars(query)).all()
+
+
+async def changed_since(session: AsyncSession, since_ms: int) -> Sequence[tuple[str, int]]:
+    """(slug, updated_at) of the tenants changed at or after ``since_ms``."""
+    query = select(Tenant.slug, Tenant.updated_at).where(Tenant.updated_at >= since_ms)
+    return [(row[0], row[1]) for row in await session.execute(query)]
+
+
+async def existing_slugs(session: AsyncSession, slugs: Collection[str]) -> set[str]:
+    if not slugs:
+        return set()
+    return set(await session.scalars(select(Tenant.slug).where(Tenant.slug.in_(list(slugs)))))
 
 
 async def count_tenants(session: AsyncSession) -> dict[str, int]:
