@@ -7,4 +7,4 @@ test:
 bench:
 	./scripts/bench
 lint:
-	.venv/bin/ruff check src tests migrations benchmarks && .venv/bin/ruff format --check src tests migrations benchmarks && .venv/bin/mypy
+	./scripts/lint
