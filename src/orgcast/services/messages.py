@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..errors import BadRequest, Internal, RateLimited, TooLarge, Unavailable
 from ..settings import MessagesSettings
 from ..store import messages as store
@@ -34,13 +36,22 @@ __all__ = ["MessageService", "NewMessage", "StoredRow", "encode_body", "wire"]
 def encode_body(value: Any, limit: int, what: str = "body") -> str:
     """Encode a body as compact JSON; refuses non-JSON values and more than ``limit`` bytes."""
     try:
-        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{what} must be a JSON value (no binary data, NaN or Infinity)") from None
-    size = len(encoded.encode())
-    if size > limit:
-        raise TooLarge(f"{what} is {size} bytes encoded; the limit is {limit}")
-    return encoded
+        raw: bytes | None = orjson.dumps(value)
+    except TypeError:
+        raw = None  # beyond 64-bit integers, lone surrogates, non-string keys: see below
+    # orjson writes NaN and Infinity as null, so output with a null in it is checked again by the
+    # standard library, which refuses them (and decides every case orjson refused).
+    if raw is None or b"null" in raw:
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            raw = text.encode()
+        except (TypeError, ValueError):
+            raise BadRequest(
+                f"{what} must be a JSON value (no binary data, NaN or Infinity)"
+            ) from None
+    if len(raw) > limit:
+        raise TooLarge(f"{what} is {len(raw)} bytes encoded; the limit is {limit}")
+    return raw.decode()
 
 
 BodyDecoder = Callable[[str], Any]
