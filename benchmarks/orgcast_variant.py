@@ -5,7 +5,8 @@
 ``ORGCAST_BENCH_CODEC=stdlib`` runs the Socket.IO server with the standard library's ``json``
 instead of the orjson codec, and decodes every stored body per packet as before the codec existed.
 ``ORGCAST_BENCH_STORE=statements`` stores a PostgreSQL batch as before the one-statement write:
-a transaction with a room upsert and a message insert.
+a transaction with a room upsert and a message insert. ``ORGCAST_BENCH_POLL=library`` leaves the
+engine's own ``AsyncSocket.poll`` (a task per wake-up) on every socket.
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -46,6 +47,10 @@ def main() -> int:
         _stdlib_codec()
     if os.environ.get("ORGCAST_BENCH_STORE") == "statements":
         _store_statements()
+    if os.environ.get("ORGCAST_BENCH_POLL") == "library":
+        from orgcast.realtime.fanout import DirectFanout
+
+        DirectFanout.fast_poll = False
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])
