@@ -116,22 +116,24 @@ class MessageService:
         """The writer loop: take a batch, store it, answer its senders; until cancelled."""
         limit = self._settings.batch_max_size
         delay = self._settings.batch_max_delay_ms / 1000
+        queue = self._queue
         while True:
-            batch = [await self._queue.get()]
-            deadline = time.monotonic() + delay
-            while len(batch) < limit:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
+            batch = [await queue.get()]
+            try:
+                while len(batch) < limit and not queue.empty():
+                    batch.append(queue.get_nowait())
+                if len(batch) < limit and delay > 0:
+                    # One timer for the whole wait (wait_for would start a task per message).
+                    async with asyncio.timeout(delay):
+                        while len(batch) < limit:
+                            batch.append(await queue.get())
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                self._fail(batch, Unavailable("server shutting down"))
+                for _ in batch:
+                    queue.task_done()
+                raise
             try:
                 await self._flush(batch)
             except asyncio.CancelledError:
@@ -141,7 +143,7 @@ class MessageService:
                 raise
             finally:
                 for _ in batch:
-                    self._queue.task_done()
+                    queue.task_done()
 
     async def drain(self, within: float = 10.0) -> None:
         """Wait until the writer has stored everything queued so far (bounded): at shutdown,
