@@ -295,3 +295,17 @@ async def test_suspend_disconnects_a_long_polling_client_within_a_second(
         return bool(client.eio.state == "disconnected")
 
     await eventually(engine_closed, within=10)
+
+
+async def test_a_node_with_a_long_polling_client_shuts_down_without_waiting_for_a_ping(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Default ping interval (25 s): a pending long-poll used to hold shutdown that long.
+    context = start_server(node_settings(database_url, tmp_path))
+    node = await context.__aenter__()
+    try:
+        tenant = await node.create_tenant()
+        await node.connect(tenant.slug, await node.token(tenant.slug), transports=["polling"])
+        node.clients.clear()  # the node goes away first, as when an operator stops it
+    finally:
+        await asyncio.wait_for(context.__aexit__(None, None, None), 10)

@@ -57,10 +57,12 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
 
 
 async def _drain_messages(app: web.Application) -> None:
-    """On shutdown, while sockets are still open: store what is queued, so its senders get acks."""
+    """On shutdown, while the web server still runs: store what is queued (its senders still get
+    their acks), then close every socket, long-polling ones included."""
     services = app.get(SERVICES)
     if services is not None:
         await services.messages.drain()
+        await app[REALTIME].close_sockets()
 
 
 def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]

@@ -134,10 +134,20 @@ class Realtime:
                 on_leave=self._announce_leave,
             )
 
-    async def stop(self) -> None:
+    async def close_sockets(self) -> None:
+        """Disconnect every socket and close its transport. Runs while the web server is still
+        up, so that pending long-polling requests are answered instead of holding shutdown for
+        a ping interval."""
         for namespace in list(self.sio.manager.get_namespaces()):
             for sid, _ in list(self.sio.manager.get_participants(namespace, None)):
                 await self.sio.disconnect(sid, namespace=namespace)
+        # Close each transport without waiting for its queue to drain: the server no longer
+        # accepts the next long-polling request that would drain it.
+        for socket in list(self.sio.eio.sockets.values()):
+            await socket.close(wait=False)
+
+    async def stop(self) -> None:
+        await self.close_sockets()
         if isinstance(self.presence, RedisPresence):
             await self.presence.close()
         await self.sio.shutdown()
