@@ -277,15 +277,24 @@ async def message_range(
     before_seq: int | None,
     limit: int,
     newest_first: bool,
-) -> Sequence[Message]:
-    """An index range scan over (tenant_id, room_id, seq)."""
-    query = select(Message).where(Message.tenant_id == tenant_id, Message.room_id == room_id)
+) -> Sequence[Row]:  # type: ignore[type-arg]
+    """An index range scan over (tenant_id, room_id, seq); plain rows with the message's
+    attributes (no ORM instances: a replay reads up to thousands of them)."""
+    query = select(*_MESSAGE_COLUMNS).where(
+        Message.tenant_id == tenant_id, Message.room_id == room_id
+    )
     if after_seq is not None:
         query = query.where(Message.seq > after_seq)
     if before_seq is not None:
         query = query.where(Message.seq < before_seq)
     order = Message.seq.desc() if newest_first else Message.seq.asc()
-    return (await session.scalars(query.order_by(order).limit(limit))).all()
+    return (await session.execute(query.order_by(order).limit(limit))).all()
+
+
+_MESSAGE_COLUMNS = (
+    Message.id, Message.seq, Message.ts, Message.sender_id, Message.sender_name, Message.body,
+    Message.client_id,
+)  # fmt: skip
 
 
 async def list_rooms(
