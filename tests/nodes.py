@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 
-from tests.support import ADMIN_TOKEN, free_port
+from tests.support import ADMIN_TOKEN, eventually, eventually_sync, free_port
 
 ORGCAST = str(Path(sys.executable).with_name("orgcast"))
 
@@ -45,17 +43,22 @@ class NodeProcess:
 
     async def ready(self, within: float = 20.0) -> None:
         """Poll /readyz until it answers 200 (bounded)."""
-        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
+
+            async def ready() -> bool:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"node exited: {self.log.read_text()[-2000:]}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"node on {self.port} not ready: {self.log.read_text()[-2000:]}")
+                        return response.status == 200
+                return False
+
+            try:
+                await eventually(ready, within)
+            except AssertionError:
+                raise TimeoutError(
+                    f"node on {self.port} not ready: {self.log.read_text()[-2000:]}"
+                ) from None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers run, as when a machine dies."""
@@ -102,13 +105,12 @@ class RedisProcess:
         )
         import redis
 
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             with contextlib.suppress(redis.RedisError):
-                if redis.Redis(port=self.port, socket_connect_timeout=0.5).ping():
-                    return
-            time.sleep(0.05)
-        raise TimeoutError("private redis-server did not start")
+                return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+            return False
+
+        eventually_sync(answers, within=10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 import socketio
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -247,6 +249,57 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 5
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(POLL_INTERVAL)
     return time.monotonic() - start
+
+
+def eventually_sync(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    """``eventually`` for synchronous start-up code (a child process coming up)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        time.sleep(POLL_INTERVAL)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def node_or_skip() -> str:
+    """The ``node`` executable with the official client installed; skip locally, fail in CI."""
+    node = shutil.which("node")
+    missing = [] if node else ["the `node` executable"]
+    if not (ROOT / "node_modules" / "socket.io-client").is_dir():
+        missing.append("node_modules/socket.io-client (run `npm ci` in the repo root)")
+    if missing:
+        reason = "this test needs " + " and ".join(missing)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}: CI requires it", pytrace=False)
+        pytest.skip(reason)
+    assert node is not None
+    return node
+
+
+async def run_process(
+    *argv: str, env: dict[str, str] | None = None, within: float = 60
+) -> tuple[int, str, str]:
+    """Run a command from the repo root without blocking the event loop; (exit, stdout, stderr).
+    Killed and reported if still running after ``within`` seconds."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        stdout, stderr = await process.communicate()
+        raise AssertionError(
+            f"{argv[:2]} still running after {within} s:\n{stdout.decode()}\n{stderr.decode()}"
+        ) from None
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
 
 
 class Inbox:

@@ -8,18 +8,15 @@ default, one on PostgreSQL, and two on one PostgreSQL database sharing Redis. No
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.nodes import NodeProcess
-from tests.support import ADMIN_TOKEN
+from tests.support import ADMIN_TOKEN, node_or_skip, run_process
 
 pytestmark = pytest.mark.node
 
@@ -29,20 +26,6 @@ SCRIPT = ROOT / "tests" / "contract" / "contract.mjs"
 REPLAY_PAGE = 100
 # The whole script takes seconds; the bound leaves pytest's own timeout room to report it.
 RUN_SECONDS = 90.0
-
-
-def node_binary() -> str:
-    node = shutil.which("node")
-    missing = [] if node else ["node on PATH"]
-    if not (ROOT / "node_modules" / "socket.io-client").is_dir():
-        missing.append("node_modules/socket.io-client (run `npm ci` in the repo root)")
-    if missing:
-        reason = "the contract test needs " + " and ".join(missing)
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}: CI requires it", pytrace=False)
-        pytest.skip(reason)
-    assert node is not None
-    return node
 
 
 @contextlib.asynccontextmanager
@@ -69,23 +52,11 @@ async def nodes(
 async def run_contract(urls: list[str]) -> str:
     """Run the script against ``urls``; fail with its whole report unless every check passed."""
     config = json.dumps({"nodes": urls, "admin_token": ADMIN_TOKEN, "replay_page": REPLAY_PAGE})
-    process = await asyncio.create_subprocess_exec(
-        node_binary(),
-        str(SCRIPT),
-        config,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    code, report, errors = await run_process(
+        node_or_skip(), str(SCRIPT), config, within=RUN_SECONDS
     )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), RUN_SECONDS)
-    except TimeoutError:
-        process.kill()
-        output, _ = await process.communicate()
-        pytest.fail(f"contract script still running after {RUN_SECONDS} s:\n{output.decode()}")
-    report = output.decode()
     summary = report.strip().splitlines()[-1] if report.strip() else ""
-    assert process.returncode == 0 and summary.endswith(" passed, 0 failed"), report
+    assert code == 0 and summary.endswith(" passed, 0 failed"), report + errors
     return report
 
 
@@ -95,7 +66,7 @@ def assert_embedded_sqlite_file(data_dir: Path) -> None:
 
 
 async def test_contract_holds_on_one_node_with_the_embedded_sqlite_default(tmp_path: Path) -> None:
-    node_binary()
+    node_or_skip()
     # An empty database URL is the zero-configuration default: a SQLite file in the data dir.
     async with nodes(1, "", tmp_path) as urls:
         await run_contract(urls)
@@ -104,7 +75,7 @@ async def test_contract_holds_on_one_node_with_the_embedded_sqlite_default(tmp_p
 
 @pytest.mark.postgres
 async def test_contract_holds_on_one_node_with_postgresql(pg_database: str, tmp_path: Path) -> None:
-    node_binary()
+    node_or_skip()
     async with nodes(1, pg_database, tmp_path) as urls:
         await run_contract(urls)
 
@@ -114,7 +85,7 @@ async def test_contract_holds_on_one_node_with_postgresql(pg_database: str, tmp_
 async def test_contract_holds_with_clients_split_across_two_nodes(
     pg_database: str, tmp_path: Path, redis_url: str, redis_channel: str
 ) -> None:
-    node_binary()
+    node_or_skip()
     redis = {
         "ORGCAST_REDIS__URL": redis_url,
         "ORGCAST_REDIS__CHANNEL": redis_channel,

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support import (
     ADMIN_TOKEN,
+    eventually,
     free_port,
     node_settings,
     pg_admin_url,
@@ -112,17 +112,21 @@ async def serve_process(database_url: str, data_dir: Path) -> AsyncIterator[Proc
 async def _wait_ready(
     http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process, log: Path
 ) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    async def ready() -> bool:
         if proc.returncode is not None:
-            break
+            raise AssertionError("orgcast serve exited")
         with contextlib.suppress(aiohttp.ClientError):
             async with http.get(url + "/readyz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    output = await asyncio.to_thread(log.read_text)
-    raise AssertionError(f"orgcast serve did not become ready:\n{output[-3000:]}")
+                return response.status == 200
+        return False
+
+    try:
+        await eventually(ready, within=30)
+    except AssertionError as exc:
+        output = await asyncio.to_thread(log.read_text)
+        raise AssertionError(
+            f"orgcast serve did not become ready ({exc}):\n{output[-3000:]}"
+        ) from None
 
 
 async def join(client: socketio.AsyncClient, slug: str, room: str, since: int | None = None) -> Any:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Server
-from tests.test_js_interop import node_or_skip
+from tests.support import Server, node_or_skip, run_process
 from tests.test_realtime_connect import polling_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,21 +22,9 @@ __all__ = ["polling_server"]
 
 async def run(*command: str, env: dict[str, str], within: float = 60) -> str:
     """Run a snippet as a new user would; returns stdout, fails on a non-zero exit."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, (command, stdout.decode(), stderr.decode()[-2000:])
-    return stdout.decode()
+    code, stdout, stderr = await run_process(*command, env=env, within=within)
+    assert code == 0, (command, stdout, stderr[-2000:])
+    return stdout
 
 
 @pytest.fixture

@@ -5,17 +5,15 @@ long-polling connection. Node and ``node_modules`` are required in CI; locally t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import Server
+from tests.support import Server, node_or_skip, run_process
 from tests.test_realtime_connect import polling_server, sign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,45 +21,16 @@ SCRIPT = ROOT / "tests" / "js" / "interop.mjs"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 pytestmark = pytest.mark.node
-__all__ = ["node_or_skip", "polling_server", "run_node"]
-
-
-def node_or_skip() -> str:
-    node = shutil.which("node")
-    missing = []
-    if node is None:
-        missing.append("the `node` executable")
-    if not (ROOT / "node_modules" / "socket.io-client").is_dir():
-        missing.append("node_modules/socket.io-client (run `npm ci` in the repo root)")
-    if missing:
-        message = "JS interop needs " + " and ".join(missing)
-        if IN_CI:
-            pytest.fail(message + ": CI requires it", pytrace=False)
-        pytest.skip(message)
-    assert node is not None
-    return node
+__all__ = ["polling_server", "run_node"]
 
 
 async def run_node(node: str, script: Path, config: dict[str, Any], within: float = 60) -> Any:
-    """Run a Node script without blocking the event loop that serves it; returns its JSON line."""
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(script),
-        json.dumps(config),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    lines = stdout.decode().strip().splitlines()
-    assert lines, f"no output (exit {process.returncode}): {stderr.decode()[-2000:]}"
+    """Run a Node script; returns the JSON object it prints last."""
+    code, stdout, stderr = await run_process(node, str(script), json.dumps(config), within=within)
+    lines = stdout.strip().splitlines()
+    assert lines, f"no output (exit {code}): {stderr[-2000:]}"
     result = json.loads(lines[-1])
-    assert process.returncode == 0, (result, stderr.decode()[-2000:])
+    assert code == 0, (result, stderr[-2000:])
     return result
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from orgcast.store import schema
 from orgcast.store.models import Base
-from tests.support import free_port
+from tests.support import eventually_sync, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -184,11 +183,13 @@ def test_serve_with_migrate_upgrades_a_postgres_schema_and_starts(
     process, port = serve(pg_database, tmp_path, "--migrate")
     try:
         status = None
-        deadline = time.monotonic() + 60
-        while status != 200 and process.poll() is None and time.monotonic() < deadline:
+
+        def ready_or_exited() -> bool:
+            nonlocal status
             status = ready_status(port)
-            if status != 200:
-                time.sleep(0.1)  # polling a child process for readiness, bounded by the deadline
+            return status == 200 or process.poll() is not None
+
+        eventually_sync(ready_or_exited, within=60)
         assert status == 200, process.stderr.read() if process.poll() is not None else "no answer"
     finally:
         process.send_signal(signal.SIGINT)
