@@ -346,3 +346,27 @@ async def _outage_scenario(pg_database: str, tmp_path: Path) -> None:
             replay = await joined(remote, ns, "room", since=0)
             assert [m["seq"] for m in replay["missed"]] == list(range(1, replay["seq"] + 1))
             assert replay["missed"][0]["body"] == "during"
+
+
+async def test_ephemeral_events_cross_nodes_and_are_not_stored(
+    pg_database: str, tmp_path: Path, redis_url: str, redis_channel: str
+) -> None:
+    async with two_nodes(pg_database, tmp_path, redis_url, redis_channel) as (one, two):
+        tenant = await one.create_tenant(ephemeral_events=["typing"])
+        ns = f"/{tenant.slug}"
+        alice = await one.connect(tenant.slug, await one.token(tenant.slug, "alice"))
+        bob = await two.connect(tenant.slug, await two.token(tenant.slug, "bob"))
+        for client in (alice, bob):
+            await joined(client, ns, "room")
+        at_bob, at_alice = Inbox(bob, "typing", ns), Inbox(alice, "typing", ns)
+
+        ack = await alice.call("typing", {"room": "room", "data": {"on": True}}, namespace=ns)
+        assert ack == {"ok": True}
+        assert await at_bob.get() == {
+            "room": "room",
+            "sender": {"id": "alice", "name": "alice"},
+            "data": {"on": True},
+        }
+        await at_alice.expect_nothing()
+        history = await bob.call("history", {"room": "room"}, namespace=ns)
+        assert history["messages"] == []

@@ -680,3 +680,36 @@ async def test_an_event_of_a_socket_whose_tenant_was_suspended_gets_tenant_suspe
     }
     history = await call(client, tenant.slug, "history", {"room": "lobby"})
     assert history["error"]["code"] == "tenant_suspended"
+
+
+async def test_a_volatile_broadcast_skips_a_recipient_that_is_behind_but_messages_do_not(
+    server: Server,
+) -> None:
+    # Ephemeral events are volatile: a recipient whose outgoing queue is backed up misses them.
+    # The backlog is made directly on the server's queue for that socket (harmless no-op
+    # packets): a real slow network cannot be produced on demand on loopback.
+    from engineio import packet as engine_packet
+
+    from orgcast.realtime.fanout import VOLATILE_BACKLOG
+    from orgcast.realtime.server import room_key
+    from orgcast.state import REALTIME
+
+    tenant = await server.create_tenant(ephemeral_events=["typing"])
+    ns = f"/{tenant.slug}"
+    slow = await joined(server, tenant, "slow")
+    typing, messages = Inbox(slow, "typing", ns), Inbox(slow, "message", ns)
+    sio = server.app[REALTIME].sio
+    (eio_sid,) = [eio for _, eio in sio.manager.get_participants(ns, room_key("lobby"))]
+    queue = sio.eio.sockets[eio_sid].queue
+    for _ in range(VOLATILE_BACKLOG + 1):
+        queue.put_nowait(engine_packet.Packet(engine_packet.NOOP))
+    # No await between filling the queue and the two broadcasts: the backlog is still there.
+    typing_event = {"room": "lobby", "sender": {"id": "x", "name": "x"}, "data": 1}
+    emitted = [
+        sio.manager.emit("typing", typing_event, ns, room=room_key("lobby"), volatile=True),
+        sio.manager.emit("message", {"room": "lobby", "seq": 0}, ns, room=room_key("lobby")),
+    ]
+    for coroutine in emitted:
+        await coroutine
+    assert await messages.get() == {"room": "lobby", "seq": 0}
+    await typing.expect_nothing()

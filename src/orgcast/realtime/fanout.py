@@ -54,6 +54,11 @@ async def _poll(self: Any) -> list[Any]:
     return packets
 
 
+# A volatile emit (ephemeral events: typing, cursors) skips a recipient with more than this many
+# packets still waiting to be written to it: a slow consumer loses stale ephemera, not messages.
+VOLATILE_BACKLOG = 32
+
+
 class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
     fast_poll = True
 
@@ -76,6 +81,7 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
         to: str | None = None,
         **kwargs: Any,
     ) -> None:
+        volatile = bool(kwargs.pop("volatile", False))
         if callback is not None:
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                callback=callback, to=to, **kwargs)  # fmt: skip
@@ -104,9 +110,54 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
             socket = sockets.get(eio_sid)
             if socket is None or socket.closed:
                 continue
+            if volatile and socket.queue.qsize() > VOLATILE_BACKLOG:
+                continue
             for frame in frames:
                 socket.queue.put_nowait(frame)
 
 
 class DirectFanoutRedis(socketio.AsyncRedisManager, DirectFanout):  # type: ignore[misc]
-    """The Redis manager, delivering its local share through ``DirectFanout.emit``."""
+    """The Redis manager, delivering its local share through ``DirectFanout.emit``; a volatile
+    emit stays volatile on every node (the flag travels in the pub/sub message)."""
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        namespace = namespace or "/"
+        if not kwargs.pop("volatile", False) or callback is not None:
+            await super().emit(event, data, namespace=namespace, room=room, skip_sid=skip_sid,
+                               callback=callback, to=to, **kwargs)  # fmt: skip
+            return
+        await DirectFanout.emit(self, event, data, namespace, room=to or room,
+                                skip_sid=skip_sid, volatile=True)  # fmt: skip
+        await self._publish(
+            {
+                "method": "emit",
+                "event": event,
+                "data": [data],
+                "binary": False,
+                "namespace": namespace,
+                "room": to or room,
+                "skip_sid": skip_sid,
+                "callback": None,
+                "host_id": self.host_id,
+                "volatile": True,
+            }
+        )
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if not message.get("volatile"):
+            await super()._handle_emit(message)
+            return
+        (data,) = message["data"]
+        await DirectFanout.emit(self, message["event"], data, message.get("namespace") or "/",
+                                room=message.get("room"), skip_sid=message.get("skip_sid"),
+                                volatile=True)  # fmt: skip

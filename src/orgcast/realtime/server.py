@@ -457,12 +457,14 @@ class Realtime:
             raise NotJoined(f"join room {room!r} before sending to it")
         value = data.get("data")
         encode_body(value, keys.limits.max_message_bytes, "data")
-        await self.sio.emit(
+        # Volatile: dropped for a recipient that is already behind (see fanout.py).
+        await self.sio.manager.emit(
             event,
             {"room": room, "sender": state.principal.member(), "data": value},
+            namespace,
             room=room_key(room),
             skip_sid=sid,
-            namespace=namespace,
+            volatile=True,
         )
         return {"ok": True}
 
