@@ -394,16 +394,20 @@ class TenantDirectory:
     def __init__(self, service: TenantService, control: ControlBus) -> None:
         self._service = service
         self._cache: dict[str, TenantKeys] = {}
+        self._loading: dict[str, asyncio.Future[TenantKeys | None]] = {}
         self._generation = 0
         control.subscribe(self.invalidate)
 
     async def invalidate(self, slug: str) -> None:
         """Drop a cached tenant ("*": all of them); the next lookup reads the database."""
         self._generation += 1
+        # A load already under way may predate the change: later lookups start a new one.
         if slug == "*":
             self._cache.clear()
+            self._loading.clear()
         else:
             self._cache.pop(slug, None)
+            self._loading.pop(slug, None)
 
     def cached_slugs(self) -> set[str]:
         return set(self._cache)
@@ -414,6 +418,20 @@ class TenantDirectory:
     async def lookup(self, slug: str) -> TenantKeys | None:
         if slug in self._cache:
             return self._cache[slug]
+        # One query per slug at a time: a connect storm on a cold cache waits for one load
+        # instead of sending a thousand identical queries (and growing the pool to match).
+        pending = self._loading.get(slug)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(slug))
+            self._loading[slug] = pending
+            pending.add_done_callback(lambda done: self._forget_load(slug, done))
+        return await asyncio.shield(pending)
+
+    def _forget_load(self, slug: str, done: asyncio.Future[TenantKeys | None]) -> None:
+        if self._loading.get(slug) is done:
+            del self._loading[slug]
+
+    async def _load(self, slug: str) -> TenantKeys | None:
         generation = self._generation
         try:
             keys = await self._service.load_keys(slug)
