@@ -85,11 +85,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     _token, token_path = resolve_admin_token(settings)
     host, port = settings.server.host, settings.server.port
     where = f"in {token_path}" if token_path else "from settings (admin.token)"
+    public = settings.server.public_url.rstrip("/") or f"http://{host}:{port}"
     banner = (
         f"orgcast serving on http://{host}:{port}\n"
         f"  database: {_safe_url(settings.database_url)}\n"
         f"  admin token: {where}\n"
-        f"  OpenAPI: http://{host}:{port}/api/v1/openapi.json"
+        f"  OpenAPI: {public}/api/v1/openapi.json"
     )
     app = create_app(settings, migrate=args.migrate)
     try:
