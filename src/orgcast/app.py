@@ -147,17 +147,12 @@ def _redis_clients(settings: Settings) -> tuple[Redis | None, Redis | None]:
 
 async def _prepare_schema(settings: Settings, engine, migrate: bool) -> None:  # type: ignore[no-untyped-def]
     try:
-        if settings.is_sqlite or migrate:
-            await schema.upgrade(settings.database_url)
-            return
-        current = await schema.current_revision(engine)
+        await schema.prepare(settings.database_url, engine, migrate=migrate)
+    except schema.SchemaBehind as exc:
+        raise StartupError(
+            f"{exc}: run: alembic upgrade head (or orgcast db upgrade), or start with --migrate"
+        ) from None
     except DB_ERRORS as exc:
         raise StartupError(
             f"database unreachable at start-up: {exc.__class__.__name__}: {exc}"
         ) from None
-    head = schema.head_revision()
-    if current != head:
-        raise StartupError(
-            f"the database schema is at {current or 'nothing'}, not at {head}: "
-            "run: alembic upgrade head (or orgcast db upgrade), or start with --migrate"
-        )

@@ -99,15 +99,13 @@ async def tenant_service(settings: Settings) -> AsyncIterator[TenantService]:
     control = ControlBus()
     announcer = _Announcer(control)
     try:
-        current, head = await schema.current_revision(engine), schema.head_revision()
-        if current != head and settings.is_sqlite:
-            await schema.upgrade(settings.database_url)
-        elif current != head:
+        try:
+            await schema.prepare(settings.database_url, engine, migrate=False)
+        except schema.SchemaBehind as exc:
             raise Unavailable(
-                f"the database schema is at {current or 'nothing'}, not at {head}: "
-                "run: orgcast db upgrade (or alembic upgrade head)",
+                f"{exc}: run: orgcast db upgrade (or alembic upgrade head)",
                 code="schema_not_at_head",
-            )
+            ) from None
         yield TenantService(create_sessions(engine), settings.limits, control)
     except DB_ERRORS as exc:
         raise Unavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from None

@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .engine import ensure_sqlite_directory
@@ -47,5 +48,21 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return None if revision is None else str(revision)
 
 
-async def is_at_head(engine: AsyncEngine) -> bool:
-    return await current_revision(engine) == head_revision()
+class SchemaBehind(Exception):
+    """The database is not at the Alembic head and may not be migrated implicitly."""
+
+    def __init__(self, current: str | None, head: str | None) -> None:
+        super().__init__(f"the database schema is at {current or 'nothing'}, not at {head}")
+        self.current, self.head = current, head
+
+
+async def prepare(url: str, engine: AsyncEngine, *, migrate: bool) -> None:
+    """Bring the schema to head when that is allowed (``migrate``, or the embedded SQLite file,
+    which is always migrated); otherwise raise ``SchemaBehind`` unless it is already there."""
+    current, head = await current_revision(engine), head_revision()
+    if current == head:
+        return
+    if migrate or make_url(url).get_backend_name() == "sqlite":
+        await upgrade(url)
+        return
+    raise SchemaBehind(current, head)
