@@ -347,6 +347,14 @@ async def _outage_scenario(pg_database: str, tmp_path: Path) -> None:
             assert [m["seq"] for m in replay["missed"]] == list(range(1, replay["seq"] + 1))
             assert replay["missed"][0]["body"] == "during"
 
+            # Redis came back empty: each node's heartbeat writes its own members back, so the
+            # other node lists them again (within a heartbeat, a third of the TTL).
+            async def everyone_listed() -> bool:
+                ack = await remote.call("presence", {"room": "room"}, namespace=ns)
+                return sorted(m["id"] for m in ack["members"]) == ["j", "l", "r", "s"]
+
+            await eventually(everyone_listed, within=TTL * 2)
+
 
 async def test_ephemeral_events_cross_nodes_and_are_not_stored(
     pg_database: str, tmp_path: Path, redis_url: str, redis_channel: str

@@ -55,6 +55,7 @@ local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
 if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('SADD', KEYS[2], ARGV[3])
 return 1
 """
 
@@ -162,11 +163,8 @@ class RedisPresence:
 
     async def acquire(self, tenant: str, limit: int) -> bool:
         try:
-            admitted = bool(
-                await self._acquire(keys=[f"{self._p}:conns:{tenant}"], args=[self.node_id, limit])
-            )
-            if admitted:
-                await self._redis.sadd(f"{self._p}:nodeconns:{self.node_id}", tenant)
+            keys = [f"{self._p}:conns:{tenant}", f"{self._p}:nodeconns:{self.node_id}"]
+            admitted = bool(await self._acquire(keys=keys, args=[self.node_id, limit, tenant]))
         except REDIS_ERRORS:
             self._degraded("connect")
             return await self.local.acquire(tenant, limit)
