@@ -208,12 +208,7 @@ class Realtime:
             await self.sio.disconnect(sid, namespace=namespace)
 
     async def _on_tenant_changed(self, slug: str) -> None:
-        slugs = (
-            [ns[1:] for ns in self.sio.manager.get_namespaces() if ns != "/"]
-            if slug == "*"
-            else [slug]
-        )
-        for name in slugs:
+        for name in self.live_slugs() if slug == "*" else {slug}:
             if self.local_connections(name) == 0:
                 continue
             try:
