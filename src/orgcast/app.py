@@ -28,7 +28,7 @@ from .services.tenants import TenantDirectory, TenantService, TenantWatcher
 from .settings import Settings
 from .state import REALTIME, SERVICES, SETTINGS, Services
 from .store import schema
-from .store.engine import DB_ERRORS, create_engine, create_read_sessions, create_sessions
+from .store.engine import DB_ERRORS, create_autocommit_sessions, create_engine, create_sessions
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         token, token_path = resolve_admin_token(settings)
         control = ControlBus()
         tenants = TenantService(sessions, settings.limits, control)
-        messages = MessageService(sessions, settings.messages, create_read_sessions(engine))
+        messages = MessageService(sessions, settings.messages, create_autocommit_sessions(engine))
         directory = TenantDirectory(tenants, control)
         services = Services(
             settings=settings,

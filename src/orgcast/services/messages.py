@@ -91,12 +91,12 @@ class MessageService:
     """Stores and reads messages; owns the batching writer task (``run``)."""
 
     def __init__(
-        self, sessions: Sessions, settings: MessagesSettings, reads: Sessions | None = None
+        self, sessions: Sessions, settings: MessagesSettings, autocommit: Sessions | None = None
     ) -> None:
         self._sessions = sessions
-        self._reads = reads or sessions
+        self._autocommit = autocommit or sessions
         self._settings = settings
-        self._one_statement = reads is not None and store.batch_is_one_statement(reads)
+        self._one_statement = autocommit is not None and store.batch_is_one_statement(autocommit)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.queue_max)
         self.batches = 0
         self.stored = 0
@@ -124,22 +124,13 @@ class MessageService:
                     batch.append(queue.get_nowait())
                 if len(batch) < limit and delay > 0:
                     # One timer for the whole wait (wait_for would start a task per message).
-                    async with asyncio.timeout(delay):
-                        while len(batch) < limit:
-                            batch.append(await queue.get())
-            except TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                self._fail(batch, Unavailable("server shutting down"))
-                for _ in batch:
-                    queue.task_done()
-                raise
-            try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            while len(batch) < limit:
+                                batch.append(await queue.get())
                 await self._flush(batch)
             except asyncio.CancelledError:
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(Unavailable("server shutting down"))
+                self._fail(batch, Unavailable("server shutting down"))
                 raise
             finally:
                 for _ in batch:
@@ -187,7 +178,7 @@ class MessageService:
     async def _write(self, messages: list[NewMessage]) -> list[StoredRow]:
         if self._one_statement and all(m.client_id is None for m in messages):
             # One atomic statement: no BEGIN/COMMIT round trips around it.
-            async with self._reads() as session:
+            async with self._autocommit() as session:
                 rows = await store.write_batch(session, messages)
         else:
             async with self._sessions.begin() as session:
@@ -203,7 +194,7 @@ class MessageService:
                 pending.future.set_exception(error)
 
     async def room_seq(self, tenant_id: int, room: str) -> int:
-        async with self._reads() as session:
+        async with self._autocommit() as session:
             state = await store.room_state(session, tenant_id, room)
         return 0 if state is None else state[1]
 
@@ -211,7 +202,7 @@ class MessageService:
         self, tenant_id: int, room: str, since: int, page: int, decode: BodyDecoder = json.loads
     ) -> Replay:
         """Messages with seq > since, oldest first, at most ``page`` of them."""
-        async with self._reads() as session:
+        async with self._autocommit() as session:
             state = await store.room_state(session, tenant_id, room)
             if state is None:
                 return Replay(0, [], False, False)
@@ -239,7 +230,7 @@ class MessageService:
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of history, oldest first. With only ``after_seq`` the page starts there; else
         it is the newest ``limit`` below ``before_seq`` (or overall)."""
-        async with self._reads() as session:
+        async with self._autocommit() as session:
             state = await store.room_state(session, tenant_id, room)
             if state is None:
                 return [], False
@@ -262,7 +253,7 @@ class MessageService:
         return [wire(_row(m, room), decode) for m in rows], has_more
 
     async def rooms(self, tenant_id: int, *, limit: int, after: str) -> list[dict[str, Any]]:
-        async with self._reads() as session:
+        async with self._autocommit() as session:
             rows = await store.list_rooms(session, tenant_id, limit, after)
         return [
             {"room": r.name, "last_seq": r.last_seq, "message_count": r.message_count} for r in rows

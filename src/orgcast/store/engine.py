@@ -72,8 +72,9 @@ def create_sessions(engine: AsyncEngine) -> Sessions:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def create_read_sessions(engine: AsyncEngine) -> Sessions:
-    """Sessions for single-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
+def create_autocommit_sessions(engine: AsyncEngine) -> Sessions:
+    """Autocommit sessions, for work that is one statement (reads, a one-statement batch
+    write): no BEGIN/COMMIT or ROLLBACK round trips around it."""
     return async_sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
