@@ -48,9 +48,9 @@ def main() -> int:
     if os.environ.get("ORGCAST_BENCH_STORE") == "statements":
         _store_statements()
     if os.environ.get("ORGCAST_BENCH_POLL") == "library":
-        from orgcast.realtime.fanout import DirectFanout
+        from orgcast.realtime import patches
 
-        DirectFanout.fast_poll = False
+        patches.fast_poll = lambda socket: None
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])

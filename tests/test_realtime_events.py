@@ -690,7 +690,7 @@ async def test_a_volatile_broadcast_skips_a_recipient_that_is_behind_but_message
     # packets): a real slow network cannot be produced on demand on loopback.
     from engineio import packet as engine_packet
 
-    from orgcast.realtime.fanout import VOLATILE_BACKLOG
+    from orgcast.realtime.patches import VOLATILE_BACKLOG
     from orgcast.realtime.server import room_key
     from orgcast.state import REALTIME
 

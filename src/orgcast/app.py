@@ -22,6 +22,7 @@ from .services.admin import resolve_admin_token
 from .services.cluster import RedisPresence
 from .services.control import ControlBus
 from .services.health import HealthService
+from .services.hub import Hub
 from .services.messages import MessageService
 from .services.retention import RetentionTask
 from .services.tenants import TenantDirectory, TenantService, TenantWatcher
@@ -80,6 +81,9 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         tenants = TenantService(sessions, settings.limits, control)
         messages = MessageService(sessions, settings.messages, create_autocommit_sessions(engine))
         directory = TenantDirectory(tenants, control)
+        realtime = app[REALTIME]
+        redis, listener = _redis_clients(settings)
+        hub = Hub(settings, directory, messages, control, realtime, redis)
         services = Services(
             settings=settings,
             admin_token=token,
@@ -89,15 +93,14 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             directory=directory,
             messages=messages,
             health=HealthService(engine),
+            hub=hub,
         )
         app[SERVICES] = services
-        realtime = app[REALTIME]
-        redis, listener = _redis_clients(settings)
-        await realtime.start(services, redis)
+        realtime.start(hub)
         watcher = TenantWatcher(
             tenants,
             control,
-            lambda: directory.cached_slugs() | realtime.live_slugs(),
+            lambda: directory.cached_slugs() | hub.live_slugs(),
             settings.database.watch_interval_seconds,
         )
         tasks = [
@@ -107,8 +110,8 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
                 RetentionTask(tenants, messages, settings).run(), name="orgcast-retention"
             ),
         ]
-        if isinstance(realtime.presence, RedisPresence):
-            tasks.append(asyncio.create_task(realtime.presence.run(), name="orgcast-heartbeat"))
+        if isinstance(hub.presence, RedisPresence):
+            tasks.append(asyncio.create_task(hub.presence.run(), name="orgcast-heartbeat"))
         if listener is not None:
             ready = asyncio.Event()
             tasks.append(
@@ -122,6 +125,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             yield
         finally:
             await realtime.stop()
+            await hub.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

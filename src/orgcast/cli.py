@@ -34,7 +34,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import BadRequest, Invalid, NotFound, Unavailable
+from .errors import (
+    Invalid,
+    NotConfirmed,
+    SchemaNotAtHead,
+    TenantNotFound,
+    Unavailable,
+)
 from .services.auth import MAX_TTL, mint_token
 from .services.control import ControlBus
 from .services.manifests import ManifestService, load_directory, validation_problems
@@ -102,9 +108,8 @@ async def tenant_service(settings: Settings) -> AsyncIterator[TenantService]:
         try:
             await schema.prepare(settings.database_url, engine, migrate=False)
         except schema.SchemaBehind as exc:
-            raise Unavailable(
-                f"{exc}: run: orgcast db upgrade (or alembic upgrade head)",
-                code="schema_not_at_head",
+            raise SchemaNotAtHead(
+                f"{exc}: run: orgcast db upgrade (or alembic upgrade head)"
             ) from None
         yield TenantService(create_sessions(engine), settings.limits, control)
     except DB_ERRORS as exc:
@@ -289,9 +294,8 @@ async def tenants_delete(args: argparse.Namespace, settings: Settings) -> None:
     async with tenant_service(settings) as tenants:
         await tenants.get(args.slug)  # an unknown slug fails before any question is asked
         if not args.yes and not _confirmed(args.slug):
-            raise BadRequest(
-                f"not deleting {args.slug}: confirm with --yes (needed when not on a terminal)",
-                code="not_confirmed",
+            raise NotConfirmed(
+                f"not deleting {args.slug}: confirm with --yes (needed when not on a terminal)"
             )
         await tenants.delete(args.slug)
     emit(args, {"slug": args.slug, "deleted": True}, f"{args.slug}: deleted")
@@ -304,7 +308,7 @@ async def token(args: argparse.Namespace, settings: Settings) -> None:
     async with tenant_service(settings) as tenants:
         keys = await tenants.load_keys(args.slug)
     if keys is None:
-        raise NotFound(f"tenant {args.slug!r} not found", code="tenant_not_found")
+        raise TenantNotFound(f"tenant {args.slug!r} not found")
     minted = mint_token(keys, sub=args.sub, name=args.name, rooms=args.rooms, ttl_seconds=args.ttl)
     if not keys.tenant.active:
         print(

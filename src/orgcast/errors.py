@@ -6,27 +6,41 @@ raise these; the edges translate them: HTTP views into ``{"error": {code, messag
 handler into ``ConnectionRefusedError(code, {code, message})``.
 
     OrgcastError
-    ├── BadRequest          bad_request        400
-    │   ├── NotJoined       not_joined         400
-    │   ├── UnknownEvent    unknown_event      400
-    │   └── RoomLimit       room_limit         400
-    ├── Unauthorized        auth_required      401  (and auth_invalid, auth_expired)
-    ├── Forbidden           forbidden          403
-    │   ├── RoomForbidden   room_forbidden     403
-    │   ├── OriginForbidden origin_forbidden   403
-    │   └── TenantSuspended tenant_suspended   403
-    ├── NotFound            not_found          404  (and tenant_not_found)
-    ├── Conflict            conflict           409
-    ├── TooLarge            too_large          413
-    ├── Invalid             validation_failed  422
-    ├── RateLimited         rate_limited       429  (and connection_limit)
-    ├── Unavailable         unavailable        503
-    └── Internal            internal           500
+    ├── BadRequest              bad_request          400
+    │   ├── NotJoined           not_joined           400
+    │   ├── UnknownEvent        unknown_event        400
+    │   ├── RoomLimit           room_limit           400
+    │   ├── NamespaceRequired   namespace_required   400
+    │   ├── InvalidJson         invalid_json         400
+    │   └── NotConfirmed        not_confirmed        400  (CLI: a delete without --yes)
+    ├── Unauthorized            auth_required        401
+    │   ├── AuthInvalid         auth_invalid         401
+    │   └── AuthExpired         auth_expired         401
+    ├── Forbidden               forbidden            403
+    │   ├── RoomForbidden       room_forbidden       403
+    │   ├── OriginForbidden     origin_forbidden     403
+    │   └── TenantSuspended     tenant_suspended     403
+    ├── NotFound                not_found            404
+    │   ├── TenantNotFound      tenant_not_found     404
+    │   └── KeyNotFound         key_not_found        404
+    ├── Conflict                conflict             409
+    │   └── TenantExists        tenant_exists        409
+    ├── TooLarge                too_large            413
+    ├── Invalid                 validation_failed    422
+    ├── RateLimited             rate_limited         429
+    │   └── ConnectionLimit     connection_limit     429
+    ├── Unavailable             unavailable          503
+    │   └── SchemaNotAtHead     schema_not_at_head   503  (CLI: run orgcast db upgrade)
+    └── Internal                internal             500
+
+``Invalid.from_validation`` is the one place a pydantic ``ValidationError`` becomes ``Invalid``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import ValidationError
 
 
 class OrgcastError(Exception):
@@ -34,12 +48,8 @@ class OrgcastError(Exception):
     status = 500
     default_message = "internal error"
 
-    def __init__(
-        self, message: str | None = None, *, code: str | None = None, details: Any = None
-    ) -> None:
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
         self.message = message or self.default_message
-        if code is not None:
-            self.code = code
         self.details = details
         super().__init__(self.message)
 
@@ -71,10 +81,35 @@ class RoomLimit(BadRequest):
     default_message = "too many rooms joined on this connection"
 
 
+class NamespaceRequired(BadRequest):
+    code = "namespace_required"
+    default_message = "connect to a tenant namespace, e.g. /acme"
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+    default_message = "the body is not valid JSON"
+
+
+class NotConfirmed(BadRequest):
+    code = "not_confirmed"
+    default_message = "not confirmed"
+
+
 class Unauthorized(OrgcastError):
     code = "auth_required"
     status = 401
     default_message = "authentication required"
+
+
+class AuthInvalid(Unauthorized):
+    code = "auth_invalid"
+    default_message = "invalid token"
+
+
+class AuthExpired(Unauthorized):
+    code = "auth_expired"
+    default_message = "the token has expired"
 
 
 class Forbidden(OrgcastError):
@@ -104,10 +139,25 @@ class NotFound(OrgcastError):
     default_message = "not found"
 
 
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+    default_message = "no such tenant"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+    default_message = "no such active key"
+
+
 class Conflict(OrgcastError):
     code = "conflict"
     status = 409
     default_message = "conflict"
+
+
+class TenantExists(Conflict):
+    code = "tenant_exists"
+    default_message = "the tenant already exists"
 
 
 class TooLarge(OrgcastError):
@@ -121,6 +171,16 @@ class Invalid(OrgcastError):
     status = 422
     default_message = "validation failed"
 
+    @classmethod
+    def from_validation(cls, exc: ValidationError) -> Invalid:
+        """One detail per offending field; the message names the first three."""
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+        return cls(f"invalid request: {summary}", details=details)
+
 
 class RateLimited(OrgcastError):
     code = "rate_limited"
@@ -132,9 +192,8 @@ class RateLimited(OrgcastError):
         message: str | None = None,
         *,
         retry_after_ms: int | None = None,
-        code: str | None = None,
     ) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message)
         self.retry_after_ms = retry_after_ms
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,10 +203,20 @@ class RateLimited(OrgcastError):
         return body
 
 
+class ConnectionLimit(RateLimited):
+    code = "connection_limit"
+    default_message = "the tenant's connection limit is reached"
+
+
 class Unavailable(OrgcastError):
     code = "unavailable"
     status = 503
     default_message = "service unavailable, try again"
+
+
+class SchemaNotAtHead(Unavailable):
+    code = "schema_not_at_head"
+    default_message = "the database schema is behind this version: run orgcast db upgrade"
 
 
 class Internal(OrgcastError):

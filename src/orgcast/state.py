@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .services.control import ControlBus
 from .services.health import HealthService
+from .services.hub import Hub
 from .services.messages import MessageService
 from .services.tenants import TenantDirectory, TenantService
 from .settings import Settings
@@ -30,6 +31,7 @@ class Services:
     directory: TenantDirectory
     messages: MessageService
     health: HealthService
+    hub: Hub
 
 
 SETTINGS = web.AppKey("settings", Settings)

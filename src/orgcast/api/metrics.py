@@ -18,7 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from ..services import DB_ERRORS
-from ..state import REALTIME, SERVICES
+from ..state import SERVICES
 from .routes import Response, Route
 
 PATH = "/metrics"
@@ -79,11 +79,12 @@ COLLECTOR = web.AppKey("metrics_collector", OrgcastCollector)
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    services, realtime = app[SERVICES], app[REALTIME]
-    snapshot = Snapshot(stored=services.messages.stored, batches=services.messages.batches)
-    for namespace in list(realtime.sio.manager.get_namespaces()):
-        if namespace != "/":
-            snapshot.connections[namespace[1:]] = realtime.local_connections(namespace[1:])
+    services = app[SERVICES]
+    snapshot = Snapshot(
+        connections=services.hub.local_connections(),
+        stored=services.messages.stored,
+        batches=services.messages.batches,
+    )
     try:
         snapshot.tenants = await services.tenants.count_by_status()
     except DB_ERRORS:

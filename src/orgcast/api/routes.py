@@ -1,20 +1,23 @@
-"""The route table: one ``Route`` per operation, read by both the router and the OpenAPI builder.
+"""The route table: one ``Route`` per operation, read by the router, the auth check and the
+OpenAPI builder.
 
-Registering routes and documenting them from the same list is what keeps the two from drifting:
-a route cannot be served without a summary, its auth rule, its inputs and its responses.
+Registering routes and documenting them from the same list is what keeps the three from drifting:
+a route cannot be served without a summary, its auth rule, its inputs and its responses, and
+its ``auth`` is both what the document says and what ``add_routes`` enforces before the view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from .auth import Auth, authorize
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Auth = Literal["none", "admin", "tenant"]
 
 
 @dataclass(frozen=True)
@@ -56,5 +59,19 @@ ROUTES: web.AppKey[list[Route]] = web.AppKey("routes")
 def add_routes(app: web.Application, routes: list[Route]) -> None:
     """Register ``routes`` on the router and remember them for the OpenAPI document."""
     for route in routes:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, _guarded(route))
     app.setdefault(ROUTES, []).extend(routes)
+
+
+def _guarded(route: Route) -> Handler:
+    """The view behind its route's auth check (none: the view itself)."""
+    if route.auth == "none":
+        return route.handler
+    handler, auth = route.handler, route.auth
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        await authorize(request, auth)
+        return await handler(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded

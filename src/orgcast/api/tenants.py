@@ -1,128 +1,33 @@
-"""Tenant administration and the tenant backend API (``/api/v1/tenants...``).
+"""The admin and tenant-backend views (``/api/v1/tenants...``) and their route table.
 
-Who may call what: every route needs ``Authorization: Bearer <token>``. The admin token opens
-everything; a tenant API key opens only the routes marked ``tenant``, and only for its own slug.
-Authentication runs before anything is looked up, so a key of another tenant learns nothing, not
-even whether a slug exists (always 403).
+Each view reads its input (``inputs.py``), calls a service, and answers; who may call it is the
+``auth`` of its ``Route`` below, checked before the view runs (``auth.py``).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
-
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
-from ..errors import BadRequest, Forbidden, Invalid, NotFound, TenantSuspended, Unauthorized
-from ..realtime.payloads import ROOM_RE
-from ..services.admin import same_secret
+from ..errors import Invalid
 from ..services.auth import mint_token
-from ..services.messages import NewMessage, encode_body, wire
-from ..services.tenants import SLUG_PATTERN, TenantKeys, TenantPatch
-from ..state import REALTIME, SERVICES, Services
+from ..services.tenants import SLUG_PATTERN, TenantPatch
+from ..state import SERVICES, Services
 from . import schemas as s
+from .inputs import path_room, read_body, read_query
 from .routes import Response, Route
 
 PREFIX = "/api/v1/tenants"
 SYSTEM_SENDER = s.Sender(id="system", name="system")
-
-M = TypeVar("M", bound=BaseModel)
-
-
-# -- input --------------------------------------------------------------------------------------
-
-
-def validate(model: type[M], data: Any) -> M:
-    """``model`` from ``data``, or ``Invalid`` (422) with one detail per offending field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        details = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
-            for e in exc.errors()
-        ]
-        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-        raise Invalid(f"invalid request: {summary}", details=details) from None
-
-
-async def read_body(request: web.Request, model: type[M]) -> M:
-    # Bytes, not request.json(): a bogus charset in Content-Type must not become a 500.
-    raw = await request.read()
-    if not raw.strip():
-        raise BadRequest("a JSON object body is required", code="invalid_json")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_json")
-    return validate(model, data)
-
-
-def read_query(request: web.Request, model: type[M]) -> M:
-    return validate(model, dict(request.query))
-
-
-def _room(request: web.Request) -> str:
-    room = request.match_info["room"]
-    if not ROOM_RE.match(room):
-        raise BadRequest("room must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
-    return room
-
-
-# -- authentication -----------------------------------------------------------------------------
-
-
-def _bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthorized("send Authorization: Bearer <token>")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("the Authorization header must be 'Bearer <token>'", code="auth_invalid")
-    return token.strip()
 
 
 def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-async def require_admin(request: web.Request) -> None:
-    services = _services(request)
-    token = _bearer(request)
-    if same_secret(token, services.admin_token):
-        return
-    if await services.tenants.tenant_for_api_key(token) is not None:
-        raise Forbidden("this route needs the admin token")
-    raise Unauthorized("invalid token", code="auth_invalid")
-
-
-async def require_tenant(request: web.Request, slug: str) -> None:
-    """The admin token, or an API key of this very tenant."""
-    services = _services(request)
-    token = _bearer(request)
-    if same_secret(token, services.admin_token):
-        return
-    owner = await services.tenants.tenant_for_api_key(token)
-    if owner is None:
-        raise Unauthorized("invalid token", code="auth_invalid")
-    if not same_secret(owner, slug):
-        raise Forbidden("this API key belongs to another tenant")
-
-
-async def _tenant_keys(request: web.Request, slug: str) -> TenantKeys:
-    keys = await _services(request).directory.lookup(slug)
-    if keys is None:
-        raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
-    return keys
-
-
 # -- tenants ------------------------------------------------------------------------------------
 
 
 async def create_tenant(request: web.Request) -> web.Response:
-    await require_admin(request)
     spec = await read_body(request, s.CreateTenantRequest)
     tenant, signing_key, api_key = await _services(request).tenants.create(spec)
     body = {**tenant.to_dict(), "signing_key": signing_key, "api_key": api_key}
@@ -130,7 +35,6 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    await require_admin(request)
     query = read_query(request, s.ListQuery)
     tenants, next_cursor = await _services(request).tenants.list_page(
         status=query.status, cursor=query.cursor, limit=query.limit
@@ -144,27 +48,24 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 
 async def get_tenant(request: web.Request) -> web.Response:
-    await require_admin(request)
     slug = request.match_info["slug"]
     services = _services(request)
     tenant = await services.tenants.get(slug)
     body = tenant.to_dict()
     body["effective_limits"] = services.tenants.limits_for(tenant).__dict__
-    body.update(await request.app[REALTIME].live_counts(slug))
+    body.update(await services.hub.live_counts(slug))
     body["signing_keys"] = await services.tenants.signing_keys(slug)
     body["api_keys"] = await services.tenants.api_keys(slug)
     return web.json_response(body)
 
 
 async def update_tenant(request: web.Request) -> web.Response:
-    await require_admin(request)
     patch = await read_body(request, TenantPatch)
     tenant = await _services(request).tenants.update(request.match_info["slug"], patch)
     return web.json_response(tenant.to_dict())
 
 
 async def delete_tenant(request: web.Request) -> web.Response:
-    await require_admin(request)
     await _services(request).tenants.delete(request.match_info["slug"])
     return web.Response(status=204)
 
@@ -173,13 +74,11 @@ async def delete_tenant(request: web.Request) -> web.Response:
 
 
 async def add_signing_key(request: web.Request) -> web.Response:
-    await require_admin(request)
     key = await _services(request).tenants.add_signing_key(request.match_info["slug"])
     return web.json_response(key, status=201)
 
 
 async def revoke_signing_key(request: web.Request) -> web.Response:
-    await require_admin(request)
     await _services(request).tenants.revoke_signing_key(
         request.match_info["slug"], request.match_info["kid"]
     )
@@ -187,13 +86,11 @@ async def revoke_signing_key(request: web.Request) -> web.Response:
 
 
 async def add_api_key(request: web.Request) -> web.Response:
-    await require_admin(request)
     key = await _services(request).tenants.add_api_key(request.match_info["slug"])
     return web.json_response(key, status=201)
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    await require_admin(request)
     await _services(request).tenants.revoke_api_key(
         request.match_info["slug"], request.match_info["key_id"]
     )
@@ -202,9 +99,8 @@ async def revoke_api_key(request: web.Request) -> web.Response:
 
 async def mint(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
-    await require_tenant(request, slug)
     spec = await read_body(request, s.TokenRequest)
-    keys = await _tenant_keys(request, slug)
+    keys = await _services(request).hub.tenant_keys(slug)
     return web.json_response(
         mint_token(
             keys, sub=spec.sub, name=spec.name, rooms=spec.rooms, ttl_seconds=spec.ttl_seconds
@@ -217,16 +113,15 @@ async def mint(request: web.Request) -> web.Response:
 
 async def list_rooms(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
-    await require_tenant(request, slug)
     query = read_query(request, s.RoomsQuery)
-    keys = await _tenant_keys(request, slug)
+    keys = await _services(request).hub.tenant_keys(slug)
     # One extra row tells whether another page exists, so the last page has no next_cursor.
     rooms = await _services(request).messages.rooms(
         keys.tenant.id, limit=query.limit + 1, after=query.cursor
     )
     more = len(rooms) > query.limit
     rooms = rooms[: query.limit]
-    live = await request.app[REALTIME].room_members(slug)
+    live = await _services(request).hub.room_members(slug)
     for entry in rooms:
         entry["members"] = live.get(entry["room"], 0)
     next_cursor = rooms[-1]["room"] if more else None
@@ -235,8 +130,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 
 async def room_history(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
-    await require_tenant(request, slug)
-    room = _room(request)
+    room = path_room(request)
     query = read_query(request, s.HistoryQuery)
     services = _services(request)
     page = services.settings.messages.history_page
@@ -246,7 +140,7 @@ async def room_history(request: web.Request) -> web.Response:
             f"limit must be at most {page}",
             details=[{"field": "limit", "message": f"must be at most {page}"}],
         )
-    keys = await _tenant_keys(request, slug)
+    keys = await _services(request).hub.tenant_keys(slug)
     messages, has_more = await services.messages.history(
         keys.tenant.id, room, before_seq=query.before_seq, after_seq=query.after_seq, limit=limit
     )
@@ -255,20 +149,12 @@ async def room_history(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
-    await require_tenant(request, slug)
-    room = _room(request)
+    room = path_room(request)
     spec = await read_body(request, s.PublishRequest)
-    keys = await _tenant_keys(request, slug)
-    if not keys.tenant.active:
-        raise TenantSuspended("the tenant is suspended; resume it to publish")
-    encoded = encode_body(spec.body, keys.limits.max_message_bytes)
+    hub = _services(request).hub
+    keys = await hub.tenant_keys(slug)
     sender = spec.sender or SYSTEM_SENDER
-    row = await _services(request).messages.send(
-        NewMessage(keys.tenant.id, room, sender.id, sender.name, encoded, spec.client_id)
-    )
-    # Broadcast only after the commit, and only once: a resend was already delivered.
-    if not row.duplicate:
-        await request.app[REALTIME].broadcast(slug, wire(row))
+    row = await hub.publish(keys, room, sender.id, sender.name, spec.body, spec.client_id)
     return web.json_response(
         {"id": row.id, "room": room, "seq": row.seq, "ts": row.ts, "duplicate": row.duplicate},
         status=200 if row.duplicate else 201,

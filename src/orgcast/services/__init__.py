@@ -1,5 +1,38 @@
-"""Use cases: tenants, messages, presence, limits. Each owns its transaction."""
+"""Use cases: tenants, messages, presence, limits, the real-time hub. Each owns its transaction.
 
+Database failures are translated here, once: a service method that touches the database is
+wrapped in ``db_boundary``, so a database that is down or unreachable leaves the service as
+``Unavailable`` and no transport needs to know what a driver raises.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from ..errors import Unavailable
 from ..store.engine import DB_ERRORS
 
-__all__ = ["DB_ERRORS"]
+__all__ = ["DB_ERRORS", "db_boundary"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def db_boundary(
+    message: str | None = None,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Turn the database errors of the wrapped coroutine into ``Unavailable(message)``."""
+
+    def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except DB_ERRORS:
+                raise Unavailable(message) from None
+
+        return guarded
+
+    return wrap

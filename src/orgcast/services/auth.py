@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 
-from ..errors import BadRequest, NotFound, Unauthorized
+from ..errors import AuthExpired, AuthInvalid, BadRequest, KeyNotFound, Unauthorized
 from .tenants import TenantKeys
 
 MAX_SUB = 128
@@ -39,15 +39,15 @@ def verify_token(token: Any, keys: TenantKeys, *, leeway: float = 5.0) -> Princi
     if token is None or token == "":
         raise Unauthorized("a token is required: connect with auth { token }")
     if not isinstance(token, str) or len(token) > 8192:
-        raise Unauthorized("the token must be a JWT string", code="auth_invalid")
+        raise AuthInvalid("the token must be a JWT string")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
-        raise Unauthorized("the token is not a valid JWT", code="auth_invalid") from None
+        raise AuthInvalid("the token is not a valid JWT") from None
     kid = header.get("kid")
     secret = keys.secrets.get(kid) if isinstance(kid, str) else None
     if secret is None:
-        raise Unauthorized("unknown or revoked signing key (kid)", code="auth_invalid")
+        raise AuthInvalid("unknown or revoked signing key (kid)")
     try:
         claims = jwt.decode(
             token,
@@ -57,9 +57,9 @@ def verify_token(token: Any, keys: TenantKeys, *, leeway: float = 5.0) -> Princi
             leeway=leeway,
         )
     except jwt.ExpiredSignatureError:
-        raise Unauthorized("the token has expired", code="auth_expired") from None
+        raise AuthExpired("the token has expired") from None
     except jwt.PyJWTError as exc:
-        raise Unauthorized(f"the token was refused: {exc}", code="auth_invalid") from None
+        raise AuthInvalid(f"the token was refused: {exc}") from None
     return _principal(claims, keys.tenant.slug)
 
 
@@ -69,15 +69,15 @@ def _principal(claims: dict[str, Any], slug: str) -> Principal:
         aud = claims["aud"]
         audiences = aud if isinstance(aud, list) else [aud]
         if not any(isinstance(a, str) and hmac.compare_digest(a, slug) for a in audiences):
-            raise Unauthorized("the token's aud is another tenant", code="auth_invalid")
+            raise AuthInvalid("the token's aud is another tenant")
     if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB:
-        raise Unauthorized(f"sub must be a string of 1-{MAX_SUB} characters", code="auth_invalid")
+        raise AuthInvalid(f"sub must be a string of 1-{MAX_SUB} characters")
     if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise Unauthorized("name must be a string of at most 200 characters", code="auth_invalid")
+        raise AuthInvalid("name must be a string of at most 200 characters")
     if rooms is not None and (
         not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms)
     ):
-        raise Unauthorized("rooms must be a list of glob patterns", code="auth_invalid")
+        raise AuthInvalid("rooms must be a list of glob patterns")
     return Principal(
         sub, name if name is not None else sub, tuple(rooms) if rooms is not None else None
     )
@@ -93,7 +93,7 @@ def mint_token(
 ) -> dict[str, Any]:
     """Sign a client token with the tenant's newest active key (admin tooling and tests)."""
     if not keys.secrets:
-        raise NotFound("the tenant has no active signing key; add one first", code="key_not_found")
+        raise KeyNotFound("the tenant has no active signing key; add one first")
     if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_SUB:
         raise BadRequest(f"sub must be a string of 1-{MAX_SUB} characters")
     if not 1 <= ttl_seconds <= MAX_TTL:

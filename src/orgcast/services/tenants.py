@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from ..errors import Conflict, NotFound, Unavailable
+from ..errors import KeyNotFound, TenantExists, TenantNotFound, Unavailable
 from ..settings import LimitsSettings
 from ..store import tenants as store
 from ..store.engine import DB_ERRORS, Sessions
@@ -227,7 +227,7 @@ class TenantService:
         now = now_ms()
         async with self._sessions.begin() as session:
             if await store.get_tenant(session, spec.slug) is not None:
-                raise Conflict(f"tenant {spec.slug!r} already exists", code="tenant_exists")
+                raise TenantExists(f"tenant {spec.slug!r} already exists")
             row = TenantRow(
                 slug=spec.slug,
                 name=spec.name,
@@ -242,9 +242,7 @@ class TenantService:
             try:
                 await session.flush()
             except store.IntegrityError:
-                raise Conflict(
-                    f"tenant {spec.slug!r} already exists", code="tenant_exists"
-                ) from None
+                raise TenantExists(f"tenant {spec.slug!r} already exists") from None
             key = self._new_signing_key(row.id, now)
             api_key, plain = self._new_api_key(row.id, now)
             session.add_all([key, api_key])
@@ -256,7 +254,7 @@ class TenantService:
         async with self._sessions() as session:
             row = await store.get_tenant(session, slug)
         if row is None:
-            raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
+            raise TenantNotFound(f"tenant {slug!r} not found")
         return Tenant.from_row(row)
 
     async def list_page(
@@ -317,7 +315,7 @@ class TenantService:
         async with self._sessions.begin() as session:
             row = await self._require(session, slug)
             if not await store.revoke_signing_key(session, row.id, kid, now_ms()):
-                raise NotFound(f"no active signing key {kid!r}", code="key_not_found")
+                raise KeyNotFound(f"no active signing key {kid!r}")
         await self._control.tenant_changed(slug)
 
     async def api_keys(self, slug: str) -> list[dict[str, Any]]:
@@ -337,7 +335,7 @@ class TenantService:
         async with self._sessions.begin() as session:
             row = await self._require(session, slug)
             if not await store.revoke_api_key(session, row.id, key_id, now_ms()):
-                raise NotFound(f"no active API key {key_id!r}", code="key_not_found")
+                raise KeyNotFound(f"no active API key {key_id!r}")
 
     async def tenant_for_api_key(self, key: str) -> str | None:
         """The slug of the tenant this API key belongs to, or None for an unknown/revoked key."""
@@ -366,7 +364,7 @@ class TenantService:
     async def _require(self, session: Any, slug: str) -> TenantRow:
         row = await store.get_tenant(session, slug)
         if row is None:
-            raise NotFound(f"tenant {slug!r} not found", code="tenant_not_found")
+            raise TenantNotFound(f"tenant {slug!r} not found")
         return row
 
     @staticmethod

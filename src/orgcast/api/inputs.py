@@ -1,0 +1,48 @@
+"""Reading request input: JSON bodies, query strings and path parameters, each into a model or a
+coded error (``invalid_json`` 400, ``validation_failed`` 422, ``bad_request`` 400)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ..errors import BadRequest, Invalid, InvalidJson
+from ..realtime.payloads import ROOM_RE
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``model`` from ``data``, or ``Invalid`` (422) with one detail per offending field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid.from_validation(exc) from None
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    # Bytes, not request.json(): a bogus charset in Content-Type must not become a 500.
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidJson("a JSON object body is required")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidJson("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidJson("the body must be a JSON object")
+    return validate(model, data)
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    return validate(model, dict(request.query))
+
+
+def path_room(request: web.Request) -> str:
+    room = request.match_info["room"]
+    if not ROOM_RE.match(room):
+        raise BadRequest("room must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    return room

@@ -1,0 +1,394 @@
+"""The real-time use cases, written once: admit, join with replay, publish, leave, presence.
+
+``Hub`` is what the Socket.IO handlers and the HTTP views both call. It reaches sockets only
+through ``Broadcaster``, which ``realtime/`` implements; it never imports the transport, and the
+transport keeps its own encoding (how a stored body is embedded in a packet) and its per-socket
+state (a ``Connection``, kept in the Socket.IO session and handed to every call).
+
+Where later features attach, without touching a transport: register a ``HubListener`` with
+``Hub.add_listener``. Its methods are called after the fact, in this order of life:
+
+- ``on_admitted(conn)``          a socket passed every connect check and holds a slot
+- ``on_member_joined(slug, room, member)``  a user's first socket entered a room (cluster-wide)
+- ``on_stored(slug, rows)``      messages were committed and broadcast (socket and REST alike)
+- ``on_member_left(slug, room, member)``    a user's last socket left a room (also on disconnect,
+                                 and when a dead node's members are removed)
+- ``on_disconnected(conn)``      a socket is gone; its rooms are left and its slot given back
+
+Ordering: ``send`` hands the message to the writer before it first suspends, so messages of one
+socket are stored in the order they arrived. ``join`` enters the room before it reads the log, so
+a message stored meanwhile is in ``missed`` or broadcast (possibly both: clients de-duplicate by
+``seq``), never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import (
+    ConnectionLimit,
+    NamespaceRequired,
+    NotJoined,
+    OrgcastError,
+    OriginForbidden,
+    RoomForbidden,
+    RoomLimit,
+    TenantNotFound,
+    TenantSuspended,
+)
+from ..settings import Settings
+from . import DB_ERRORS, db_boundary
+from .auth import Principal, verify_token
+from .cluster import RedisPresence
+from .control import ControlBus
+from .limits import TokenBucket
+from .messages import BodyDecoder, MessageService, NewMessage, StoredRow, encode_body
+from .presence import LocalPresence, Presence
+from .tenants import SLUG_PATTERN, TenantDirectory, TenantKeys
+
+SLUG_RE = re.compile(SLUG_PATTERN)
+Member = dict[str, str]
+
+
+@dataclass(slots=True)
+class Connection:
+    """What the server knows about one admitted socket (kept in its Socket.IO session)."""
+
+    slug: str
+    tenant_id: int
+    principal: Principal
+    sid: str
+    rooms: set[str] = field(default_factory=set)
+    bucket: TokenBucket = field(default_factory=TokenBucket)
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The outcome of a join: members now, and either the room's seq or a replay since a seq."""
+
+    room: str
+    members: list[Member]
+    seq: int
+    missed: list[dict[str, Any]] | None = None
+    truncated: bool = False
+    expired: bool = False
+
+
+class Broadcaster(Protocol):
+    """How the Hub reaches sockets; ``realtime.server.Realtime`` implements it. ``slug`` names
+    the tenant (its namespace), ``room`` a room name as clients know it."""
+
+    async def emit_message(self, slug: str, row: StoredRow, skip_sid: str | None) -> None: ...
+    async def emit_presence(
+        self, slug: str, room: str, action: str, member: Member, skip_sid: str | None
+    ) -> None: ...
+    async def emit_volatile(
+        self, slug: str, room: str, event: str, data: dict[str, Any], skip_sid: str
+    ) -> None: ...
+    async def enter_room(self, slug: str, sid: str, room: str) -> None: ...
+    async def leave_room(self, slug: str, sid: str, room: str) -> None: ...
+    async def disconnect_tenant(self, slug: str) -> None: ...
+    async def disconnect_user(self, slug: str, user_id: str) -> None: ...
+    def live_slugs(self) -> set[str]: ...
+    def local_connections(self, slug: str) -> int: ...
+
+
+class HubListener:
+    """Hooks on the real-time use cases; every method is a no-op here, override what you need.
+    They run inline, after the event, so keep them quick (queue work, don't do it)."""
+
+    async def on_admitted(self, conn: Connection) -> None:
+        return None
+
+    async def on_disconnected(self, conn: Connection) -> None:
+        return None
+
+    async def on_stored(self, slug: str, rows: Sequence[StoredRow]) -> None:
+        return None
+
+    async def on_member_joined(self, slug: str, room: str, member: Member) -> None:
+        return None
+
+    async def on_member_left(self, slug: str, room: str, member: Member) -> None:
+        return None
+
+
+class Hub:
+    """Admission, rooms, messages and presence for every transport of one node."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: TenantDirectory,
+        messages: MessageService,
+        control: ControlBus,
+        broadcaster: Broadcaster,
+        redis: Any = None,
+    ) -> None:
+        self._settings = settings
+        self._directory = directory
+        self._messages = messages
+        self._out = broadcaster
+        self._listeners: list[HubListener] = []
+        self.presence: Presence
+        if redis is not None:
+            # Cluster-wide presence and connection slots.
+            self.presence = RedisPresence(
+                redis,
+                prefix=settings.redis.channel,
+                node_id=control.node_id,
+                ttl=settings.redis.node_ttl_seconds,
+                on_leave=self._member_left,
+            )
+        else:
+            self.presence = LocalPresence()
+        control.subscribe(self.tenant_changed)
+
+    def add_listener(self, listener: HubListener) -> None:
+        self._listeners.append(listener)
+
+    async def close(self) -> None:
+        if isinstance(self.presence, RedisPresence):
+            await self.presence.close()
+
+    # -- admission ------------------------------------------------------------------------------
+
+    @db_boundary("the tenant directory is unavailable; retry")
+    async def admit(self, namespace: str, sid: str, origin: str | None, auth: Any) -> Connection:
+        """Resolve the tenant, check origin and token, take a connection slot (in that order:
+        a slot taken here is given back by ``disconnected``)."""
+        if namespace == "/":
+            raise NamespaceRequired()
+        slug = namespace[1:]
+        keys = await self._directory.lookup(slug) if SLUG_RE.match(slug) else None
+        if keys is None:
+            raise TenantNotFound(f"no tenant {slug!r}")
+        if not keys.tenant.active:
+            raise TenantSuspended()
+        allowed = keys.tenant.allowed_origins
+        if allowed and origin and origin not in allowed:
+            raise OriginForbidden(f"origin {origin!r} is not allowed for this tenant")
+        token = auth.get("token") if isinstance(auth, dict) else None
+        principal = verify_token(token, keys)
+        if not await self.presence.acquire(slug, keys.limits.max_connections):
+            raise ConnectionLimit(
+                f"the tenant's limit of {keys.limits.max_connections} connections is reached"
+            )
+        conn = Connection(slug=slug, tenant_id=keys.tenant.id, principal=principal, sid=sid)
+        for listener in self._listeners:
+            await listener.on_admitted(conn)
+        return conn
+
+    @db_boundary()
+    async def disconnected(self, conn: Connection) -> None:
+        """The socket is gone: leave its rooms, give its slot back."""
+        for room in list(conn.rooms):
+            await self._leave(conn, room)
+        await self.presence.release(conn.slug)
+        for listener in self._listeners:
+            await listener.on_disconnected(conn)
+
+    async def check_event(self, conn: Connection) -> TenantKeys:
+        """Before any event of an admitted socket: its tenant still exists and is active, and the
+        socket is within its rate. Returns the tenant's current keys and limits."""
+        keys = self._directory.cached(conn.slug)
+        if keys is None:
+            keys = await self._lookup(conn.slug)
+        if keys is None or keys.tenant.id != conn.tenant_id:
+            raise TenantSuspended("the tenant no longer exists")
+        if not keys.tenant.active:
+            raise TenantSuspended()
+        conn.bucket.take(keys.limits.messages_per_second)
+        return keys
+
+    @db_boundary()
+    async def _lookup(self, slug: str) -> TenantKeys | None:
+        return await self._directory.lookup(slug)
+
+    @db_boundary()
+    async def tenant_keys(self, slug: str) -> TenantKeys:
+        """The tenant's keys and limits, for a transport that names the tenant (REST)."""
+        keys = await self._directory.lookup(slug)
+        if keys is None:
+            raise TenantNotFound(f"tenant {slug!r} not found")
+        return keys
+
+    # -- rooms ----------------------------------------------------------------------------------
+
+    @db_boundary()
+    async def join(
+        self,
+        conn: Connection,
+        keys: TenantKeys,
+        room: str,
+        since: int | None,
+        decode: BodyDecoder = json.loads,
+    ) -> Joined:
+        """Enter ``room`` (once), then read its seq, or the messages after ``since``."""
+        self.check_room(conn, room)
+        if room not in conn.rooms:
+            if len(conn.rooms) >= keys.limits.max_rooms_per_connection:
+                raise RoomLimit(
+                    f"at most {keys.limits.max_rooms_per_connection} rooms per connection"
+                )
+            conn.rooms.add(room)
+            await self._out.enter_room(conn.slug, conn.sid, room)
+            member = conn.principal.member()
+            if await self.presence.join(conn.slug, room, conn.sid, member):
+                await self._out.emit_presence(conn.slug, room, "join", member, conn.sid)
+                for listener in self._listeners:
+                    await listener.on_member_joined(conn.slug, room, member)
+        members = await self.presence.members(conn.slug, room)
+        if since is None:
+            return Joined(room, members, await self._messages.room_seq(conn.tenant_id, room))
+        replay = await self._messages.replay(
+            conn.tenant_id, room, since, self._settings.messages.replay_page, decode
+        )
+        return Joined(room, members, replay.seq, replay.missed, replay.truncated, replay.expired)
+
+    @db_boundary()
+    async def leave(self, conn: Connection, room: str) -> None:
+        if room not in conn.rooms:
+            raise NotJoined(f"not in room {room!r}")
+        await self._leave(conn, room)
+
+    async def _leave(self, conn: Connection, room: str) -> None:
+        conn.rooms.discard(room)
+        await self._out.leave_room(conn.slug, conn.sid, room)
+        member = conn.principal.member()
+        if await self.presence.leave(conn.slug, room, conn.sid, member["id"]):
+            await self._member_left(conn.slug, room, member)
+
+    async def _member_left(self, slug: str, room: str, member: Member) -> None:
+        """A user's last socket left ``room`` (here, or on a node found dead)."""
+        await self._out.emit_presence(slug, room, "leave", member, None)
+        for listener in self._listeners:
+            await listener.on_member_left(slug, room, member)
+
+    @db_boundary()
+    async def members(self, conn: Connection, room: str) -> list[Member]:
+        self.check_room(conn, room)
+        return await self.presence.members(conn.slug, room)
+
+    @staticmethod
+    def check_room(conn: Connection, room: str) -> None:
+        if not conn.principal.may_join(room):
+            raise RoomForbidden(f"the token does not allow room {room!r}")
+
+    # -- messages -------------------------------------------------------------------------------
+
+    @staticmethod
+    def require_joined(conn: Connection, room: str) -> None:
+        if room not in conn.rooms:
+            raise NotJoined(f"join room {room!r} before sending to it")
+
+    async def send(
+        self, conn: Connection, keys: TenantKeys, room: str, body: Any, client_id: str | None
+    ) -> StoredRow:
+        """A socket's message: only to a joined room; the sender does not get it back."""
+        self.require_joined(conn, room)
+        principal = conn.principal
+        return await self.publish(
+            keys, room, principal.user_id, principal.name, body, client_id, skip_sid=conn.sid
+        )
+
+    async def publish(
+        self,
+        keys: TenantKeys,
+        room: str,
+        sender_id: str,
+        sender_name: str | None,
+        body: Any,
+        client_id: str | None,
+        *,
+        skip_sid: str | None = None,
+    ) -> StoredRow:
+        """The one store-then-broadcast path (socket ``message`` and REST publish). A resend of
+        a stored ``client_id`` returns the original (``duplicate``) and is not broadcast again.
+        Not wrapped in ``db_boundary``: it does not touch the database itself, and the writer
+        already answers a failed batch with ``Unavailable``."""
+        if not keys.tenant.active:
+            raise TenantSuspended("the tenant is suspended; resume it to publish")
+        encoded = encode_body(body, keys.limits.max_message_bytes)
+        row = await self._messages.send(
+            NewMessage(keys.tenant.id, room, sender_id, sender_name, encoded, client_id)
+        )
+        if not row.duplicate:
+            slug = keys.tenant.slug
+            await self._out.emit_message(slug, row, skip_sid)
+            if self._listeners:
+                rows = (row,)
+                for listener in self._listeners:
+                    await listener.on_stored(slug, rows)
+        return row
+
+    @db_boundary()
+    async def history(
+        self,
+        conn: Connection,
+        room: str,
+        *,
+        before_seq: int | None,
+        after_seq: int | None,
+        limit: int,
+        decode: BodyDecoder = json.loads,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        self.check_room(conn, room)
+        return await self._messages.history(
+            conn.tenant_id, room, before_seq=before_seq, after_seq=after_seq, limit=limit,
+            decode=decode,
+        )  # fmt: skip
+
+    async def relay(
+        self, conn: Connection, keys: TenantKeys, event: str, room: str, data: Any
+    ) -> None:
+        """An ephemeral event (typing, cursors): not stored, volatile, to a joined room."""
+        self.require_joined(conn, room)
+        encode_body(data, keys.limits.max_message_bytes, "data")
+        await self._out.emit_volatile(
+            conn.slug,
+            room,
+            event,
+            {"room": room, "sender": conn.principal.member(), "data": data},
+            conn.sid,
+        )
+
+    # -- tenants and live state -----------------------------------------------------------------
+
+    async def tenant_changed(self, slug: str) -> None:
+        """A tenant was changed, suspended or deleted (``*``: any): cut its sockets if needed."""
+        for name in self._out.live_slugs() if slug == "*" else {slug}:
+            if self._out.local_connections(name) == 0:
+                continue
+            try:
+                keys = await self._directory.lookup(name)
+            except OrgcastError:
+                continue
+            except DB_ERRORS:
+                continue  # database unavailable: the next connect or event checks again
+            if keys is None or not keys.tenant.active:
+                await self._out.disconnect_tenant(name)
+                if keys is None:
+                    await self.presence.forget_tenant(name)
+
+    def live_slugs(self) -> set[str]:
+        return self._out.live_slugs()
+
+    def local_connections(self) -> dict[str, int]:
+        """Sockets on this node, per tenant with any."""
+        return {slug: self._out.local_connections(slug) for slug in self._out.live_slugs()}
+
+    @db_boundary()
+    async def live_counts(self, slug: str) -> dict[str, int]:
+        return {
+            "connections": await self.presence.connections(slug),
+            "rooms": len(await self.presence.rooms(slug)),
+        }
+
+    @db_boundary()
+    async def room_members(self, slug: str) -> dict[str, int]:
+        return await self.presence.rooms(slug)
