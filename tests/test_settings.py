@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from orgcast.settings import Settings, SettingsError
+from orgcast.errors import SettingsError
+from orgcast.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ORGCAST = Path(sys.executable).parent / "orgcast"

@@ -14,14 +14,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import OrgcastError
-from .settings import Settings, SettingsError
+from .errors import CommandError, OrgcastError, SettingsError
+from .settings import Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class CommandError(Exception):
-    """A failure to report to the user (exit 1), without a traceback."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -201,13 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, settings)
-    except (CommandError, OrgcastError) as exc:
-        message = exc.message if isinstance(exc, OrgcastError) else str(exc)
+    except OrgcastError as exc:
         if getattr(args, "json", False):
-            error = exc.to_dict() if isinstance(exc, OrgcastError) else None
-            print(json.dumps({"error": error or {"code": "failed", "message": message}}))
+            print(json.dumps({"error": exc.to_dict()}))
         else:
-            print(f"orgcast: {message}", file=sys.stderr)
+            print(f"orgcast: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -16,16 +16,17 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from . import api
-from .errors import OrgcastError
+from .errors import OrgcastError, SchemaBehind
 from .realtime.server import Realtime
 from .services.admin import resolve_admin_token
 from .services.cluster import RedisPresence
 from .services.control import ControlBus
+from .services.directory import TenantDirectory, TenantWatcher
 from .services.health import HealthService
 from .services.hub import Hub
 from .services.messages import MessageService
 from .services.retention import RetentionTask
-from .services.tenants import TenantDirectory, TenantService, TenantWatcher
+from .services.tenants import TenantService
 from .settings import Settings
 from .state import REALTIME, SERVICES, SETTINGS, Services
 from .store import schema
@@ -152,7 +153,7 @@ def _redis_clients(settings: Settings) -> tuple[Redis | None, Redis | None]:
 async def _prepare_schema(settings: Settings, engine, migrate: bool) -> None:  # type: ignore[no-untyped-def]
     try:
         await schema.prepare(settings.database_url, engine, migrate=migrate)
-    except schema.SchemaBehind as exc:
+    except SchemaBehind as exc:
         raise StartupError(
             f"{exc}: run: alembic upgrade head (or orgcast db upgrade), or start with --migrate"
         ) from None

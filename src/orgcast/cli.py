@@ -37,7 +37,7 @@ from pydantic import BaseModel, ValidationError
 from .errors import (
     Invalid,
     NotConfirmed,
-    SchemaNotAtHead,
+    SchemaBehind,
     TenantNotFound,
     Unavailable,
 )
@@ -107,8 +107,8 @@ async def tenant_service(settings: Settings) -> AsyncIterator[TenantService]:
     try:
         try:
             await schema.prepare(settings.database_url, engine, migrate=False)
-        except schema.SchemaBehind as exc:
-            raise SchemaNotAtHead(
+        except SchemaBehind as exc:
+            raise SchemaBehind(
                 f"{exc}: run: orgcast db upgrade (or alembic upgrade head)"
             ) from None
         yield TenantService(create_sessions(engine), settings.limits, control)

@@ -30,8 +30,10 @@ handler into ``ConnectionRefusedError(code, {code, message})``.
     ├── RateLimited             rate_limited         429
     │   └── ConnectionLimit     connection_limit     429
     ├── Unavailable             unavailable          503
-    │   └── SchemaNotAtHead     schema_not_at_head   503  (CLI: run orgcast db upgrade)
-    └── Internal                internal             500
+    │   └── SchemaBehind        schema_not_at_head   503  (run orgcast db upgrade)
+    ├── Internal                internal             500
+    ├── SettingsError           invalid_settings     500  (a setting is missing or malformed)
+    └── CommandError            failed               500  (a CLI failure: exit 1, no traceback)
 
 ``Invalid.from_validation`` is the one place a pydantic ``ValidationError`` becomes ``Invalid``.
 """
@@ -214,7 +216,9 @@ class Unavailable(OrgcastError):
     default_message = "service unavailable, try again"
 
 
-class SchemaNotAtHead(Unavailable):
+class SchemaBehind(Unavailable):
+    """The database is not at the Alembic head and may not be migrated implicitly."""
+
     code = "schema_not_at_head"
     default_message = "the database schema is behind this version: run orgcast db upgrade"
 
@@ -223,3 +227,17 @@ class Internal(OrgcastError):
     code = "internal"
     status = 500
     default_message = "internal error"
+
+
+class SettingsError(OrgcastError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+    code = "invalid_settings"
+    default_message = "invalid settings"
+
+
+class CommandError(OrgcastError):
+    """A failure to report to the user (exit 1), without a traceback."""
+
+    code = "failed"
+    default_message = "the command failed"

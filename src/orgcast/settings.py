@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .errors import SettingsError
+
 _layered_files: ContextVar[tuple[Path, ...] | None] = ContextVar("_layered_files", default=None)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -190,10 +192,6 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
-
-class SettingsError(Exception):
-    """A setting is missing, malformed or out of range; the message names it."""
 
 
 def describe_validation_error(exc: ValidationError) -> str:

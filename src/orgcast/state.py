@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .services.control import ControlBus
+from .services.directory import TenantDirectory
 from .services.health import HealthService
 from .services.hub import Hub
 from .services.messages import MessageService
-from .services.tenants import TenantDirectory, TenantService
+from .services.tenants import TenantService
 from .settings import Settings
 
 if TYPE_CHECKING:

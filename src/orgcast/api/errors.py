@@ -14,8 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import OrgcastError, Unavailable
-from ..services import DB_ERRORS
+from ..errors import OrgcastError
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +92,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400 or request.path.startswith("/socket.io"):
             raise
         return _from_http(request, exc)
-    except DB_ERRORS:
-        return from_error(Unavailable("the database is unavailable; retry"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from ..services import DB_ERRORS
+from ..errors import Unavailable
 from ..state import SERVICES
 from .routes import Response, Route
 
@@ -87,7 +87,7 @@ async def metrics(request: web.Request) -> web.Response:
     )
     try:
         snapshot.tenants = await services.tenants.count_by_status()
-    except DB_ERRORS:
+    except Unavailable:
         snapshot.tenants = None  # still serve the node's own numbers while the database is down
     # The text format Prometheus asks for in Accept (OpenMetrics or plain); plain 0.0.4 if none.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))

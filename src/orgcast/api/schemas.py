@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..realtime.payloads import ROOM_RE
-from ..services.tenants import RESERVED_SLUGS, SLUG_PATTERN, TenantCreate, TenantLimits
+from ..services.tenant_models import RESERVED_SLUGS, SLUG_PATTERN, TenantCreate, TenantLimits
 
 ROOM_PATTERN = ROOM_RE.pattern
 

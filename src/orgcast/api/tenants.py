@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..errors import Invalid
 from ..services.auth import mint_token
-from ..services.tenants import SLUG_PATTERN, TenantPatch
+from ..services.tenant_models import SLUG_PATTERN, TenantPatch
 from ..state import SERVICES, Services
 from . import schemas as s
 from .inputs import path_room, read_body, read_query

@@ -20,7 +20,7 @@ from . import payloads
 from .codec import raw_json
 
 if TYPE_CHECKING:
-    from ..services.tenants import TenantKeys
+    from ..services.tenant_models import TenantKeys
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from ..store.engine import DB_ERRORS
 
 __all__ = ["DB_ERRORS", "db_boundary"]
 
+DB_UNAVAILABLE = "the database is unavailable; retry"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -31,7 +32,7 @@ def db_boundary(
             try:
                 return await fn(*args, **kwargs)
             except DB_ERRORS:
-                raise Unavailable(message) from None
+                raise Unavailable(message or DB_UNAVAILABLE) from None
 
         return guarded
 

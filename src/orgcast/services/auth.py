@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 
 from ..errors import AuthExpired, AuthInvalid, BadRequest, KeyNotFound, Unauthorized
-from .tenants import TenantKeys
+from .tenant_models import TenantKeys
 
 MAX_SUB = 128
 MAX_TTL = 30 * 24 * 3600

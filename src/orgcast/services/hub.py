@@ -41,14 +41,15 @@ from ..errors import (
     TenantSuspended,
 )
 from ..settings import Settings
-from . import DB_ERRORS, db_boundary
+from . import db_boundary
 from .auth import Principal, verify_token
 from .cluster import RedisPresence
 from .control import ControlBus
+from .directory import TenantDirectory
 from .limits import TokenBucket
 from .messages import BodyDecoder, MessageService, NewMessage, StoredRow, encode_body
 from .presence import LocalPresence, Presence
-from .tenants import SLUG_PATTERN, TenantDirectory, TenantKeys
+from .tenant_models import SLUG_PATTERN, TenantKeys
 
 SLUG_RE = re.compile(SLUG_PATTERN)
 Member = dict[str, str]
@@ -157,6 +158,7 @@ class Hub:
 
     # -- admission ------------------------------------------------------------------------------
 
+    # A database or network failure while admitting is a refusal with ``unavailable``.
     @db_boundary("the tenant directory is unavailable; retry")
     async def admit(self, namespace: str, sid: str, origin: str | None, auth: Any) -> Connection:
         """Resolve the tenant, check origin and token, take a connection slot (in that order:
@@ -183,7 +185,6 @@ class Hub:
             await listener.on_admitted(conn)
         return conn
 
-    @db_boundary()
     async def disconnected(self, conn: Connection) -> None:
         """The socket is gone: leave its rooms, give its slot back."""
         for room in list(conn.rooms):
@@ -197,7 +198,7 @@ class Hub:
         socket is within its rate. Returns the tenant's current keys and limits."""
         keys = self._directory.cached(conn.slug)
         if keys is None:
-            keys = await self._lookup(conn.slug)
+            keys = await self._directory.lookup(conn.slug)
         if keys is None or keys.tenant.id != conn.tenant_id:
             raise TenantSuspended("the tenant no longer exists")
         if not keys.tenant.active:
@@ -205,11 +206,6 @@ class Hub:
         conn.bucket.take(keys.limits.messages_per_second)
         return keys
 
-    @db_boundary()
-    async def _lookup(self, slug: str) -> TenantKeys | None:
-        return await self._directory.lookup(slug)
-
-    @db_boundary()
     async def tenant_keys(self, slug: str) -> TenantKeys:
         """The tenant's keys and limits, for a transport that names the tenant (REST)."""
         keys = await self._directory.lookup(slug)
@@ -219,7 +215,6 @@ class Hub:
 
     # -- rooms ----------------------------------------------------------------------------------
 
-    @db_boundary()
     async def join(
         self,
         conn: Connection,
@@ -250,7 +245,6 @@ class Hub:
         )
         return Joined(room, members, replay.seq, replay.missed, replay.truncated, replay.expired)
 
-    @db_boundary()
     async def leave(self, conn: Connection, room: str) -> None:
         if room not in conn.rooms:
             raise NotJoined(f"not in room {room!r}")
@@ -269,7 +263,6 @@ class Hub:
         for listener in self._listeners:
             await listener.on_member_left(slug, room, member)
 
-    @db_boundary()
     async def members(self, conn: Connection, room: str) -> list[Member]:
         self.check_room(conn, room)
         return await self.presence.members(conn.slug, room)
@@ -309,8 +302,7 @@ class Hub:
     ) -> StoredRow:
         """The one store-then-broadcast path (socket ``message`` and REST publish). A resend of
         a stored ``client_id`` returns the original (``duplicate``) and is not broadcast again.
-        Not wrapped in ``db_boundary``: it does not touch the database itself, and the writer
-        already answers a failed batch with ``Unavailable``."""
+        The writer answers a failed batch with ``Unavailable``."""
         if not keys.tenant.active:
             raise TenantSuspended("the tenant is suspended; resume it to publish")
         encoded = encode_body(body, keys.limits.max_message_bytes)
@@ -326,7 +318,6 @@ class Hub:
                     await listener.on_stored(slug, rows)
         return row
 
-    @db_boundary()
     async def history(
         self,
         conn: Connection,
@@ -367,8 +358,6 @@ class Hub:
             try:
                 keys = await self._directory.lookup(name)
             except OrgcastError:
-                continue
-            except DB_ERRORS:
                 continue  # database unavailable: the next connect or event checks again
             if keys is None or not keys.tenant.active:
                 await self._out.disconnect_tenant(name)
@@ -382,13 +371,11 @@ class Hub:
         """Sockets on this node, per tenant with any."""
         return {slug: self._out.local_connections(slug) for slug in self._out.live_slugs()}
 
-    @db_boundary()
     async def live_counts(self, slug: str) -> dict[str, int]:
         return {
             "connections": await self.presence.connections(slug),
             "rooms": len(await self.presence.rooms(slug)),
         }
 
-    @db_boundary()
     async def room_members(self, slug: str) -> dict[str, int]:
         return await self.presence.rooms(slug)

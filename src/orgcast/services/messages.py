@@ -27,6 +27,7 @@ from ..settings import MessagesSettings
 from ..store import messages as store
 from ..store.engine import DB_ERRORS, Sessions
 from ..store.messages import NewMessage, StoredRow
+from . import db_boundary
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +194,13 @@ class MessageService:
             if not pending.future.done():
                 pending.future.set_exception(error)
 
+    @db_boundary()
     async def room_seq(self, tenant_id: int, room: str) -> int:
         async with self._autocommit() as session:
             state = await store.room_state(session, tenant_id, room)
         return 0 if state is None else state[1]
 
+    @db_boundary()
     async def replay(
         self, tenant_id: int, room: str, since: int, page: int, decode: BodyDecoder = json.loads
     ) -> Replay:
@@ -218,6 +221,7 @@ class MessageService:
         # A batch committed between the two reads may be in ``missed``: report the newer seq.
         return Replay(max(last_seq, rows[-1].seq if rows else 0), missed, truncated, expired)
 
+    @db_boundary()
     async def history(
         self,
         tenant_id: int,
@@ -252,6 +256,7 @@ class MessageService:
             rows.reverse()
         return [wire(_row(m, room), decode) for m in rows], has_more
 
+    @db_boundary()
     async def rooms(self, tenant_id: int, *, limit: int, after: str) -> list[dict[str, Any]]:
         async with self._autocommit() as session:
             rows = await store.list_rooms(session, tenant_id, limit, after)
@@ -259,6 +264,7 @@ class MessageService:
             {"room": r.name, "last_seq": r.last_seq, "message_count": r.message_count} for r in rows
         ]
 
+    @db_boundary()
     async def delete_expired(self, tenant_id: int, retention_days: int) -> int:
         """Delete this tenant's messages past retention, batch by batch; returns the count."""
         cutoff = int(time.time() * 1000) - retention_days * 86_400_000

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..errors import Unavailable
 from ..settings import Settings
-from ..store.engine import DB_ERRORS
 from .messages import MessageService
 from .tenants import TenantService
 
@@ -39,7 +39,7 @@ class RetentionTask:
             await asyncio.sleep(self._interval)
             try:
                 deleted = await self.sweep()
-            except DB_ERRORS:
+            except Unavailable:
                 log.warning("retention sweep skipped: database unavailable")
                 continue
             except Exception:  # never let one bad sweep end retention for the process's life

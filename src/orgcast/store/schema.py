@@ -12,6 +12,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..errors import SchemaBehind
 from .engine import ensure_sqlite_directory
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
@@ -48,14 +49,6 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return None if revision is None else str(revision)
 
 
-class SchemaBehind(Exception):
-    """The database is not at the Alembic head and may not be migrated implicitly."""
-
-    def __init__(self, current: str | None, head: str | None) -> None:
-        super().__init__(f"the database schema is at {current or 'nothing'}, not at {head}")
-        self.current, self.head = current, head
-
-
 async def prepare(url: str, engine: AsyncEngine, *, migrate: bool) -> None:
     """Bring the schema to head when that is allowed (``migrate``, or the embedded SQLite file,
     which is always migrated); otherwise raise ``SchemaBehind`` unless it is already there."""
@@ -65,4 +58,4 @@ async def prepare(url: str, engine: AsyncEngine, *, migrate: bool) -> None:
     if migrate or make_url(url).get_backend_name() == "sqlite":
         await upgrade(url)
         return
-    raise SchemaBehind(current, head)
+    raise SchemaBehind(f"the database schema is at {current or 'nothing'}, not at {head}")
