@@ -36,10 +36,14 @@ def _stdlib_codec() -> None:
 
 
 def _store_statements() -> None:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
     from orgcast.store import messages
 
     messages.batch_is_one_statement = lambda sessions: False
     messages.one_statement = lambda session: False
+    # The transaction path is SQLite's; against PostgreSQL it needs PostgreSQL's ON CONFLICT.
+    messages.sqlite_insert = pg_insert  # type: ignore[assignment]
 
 
 def main() -> int:

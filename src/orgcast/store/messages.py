@@ -13,10 +13,9 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -66,11 +65,6 @@ def new_message_id(now_ms: int) -> str:
     return f"{now_ms:012x}{os.urandom(10).hex()}"
 
 
-def _upsert(session: AsyncSession) -> Any:
-    """The dialect's INSERT with ON CONFLICT (both PostgreSQL and SQLite have one)."""
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def batch_is_one_statement(sessions: async_sessionmaker[AsyncSession]) -> bool:
     """Whether ``write_batch`` stores a batch without client ids in one atomic statement, so a
     session without a transaction (autocommit) can run it."""
@@ -118,17 +112,18 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
         for i in fresh:
             counts[(batch[i].tenant_id, batch[i].room)] += 1
         ordered = sorted(counts)
-        upsert = _upsert(session)(Room).values(
+        # SQLite only: PostgreSQL stores every batch in the one statement above.
+        upsert = sqlite_insert(Room).values(
             [
                 {"tenant_id": t, "name": r, "last_seq": counts[(t, r)], "created_at": now}
                 for t, r in ordered
             ]
         )
-        upsert = upsert.on_conflict_do_update(
+        returning = upsert.on_conflict_do_update(
             index_elements=["tenant_id", "name"],
             set_={"last_seq": Room.last_seq + upsert.excluded.last_seq},
         ).returning(Room.id, Room.tenant_id, Room.name, Room.last_seq)
-        rooms = {(r.tenant_id, r.name): r for r in (await session.execute(upsert)).all()}
+        rooms = {(r.tenant_id, r.name): r for r in (await session.execute(returning)).all()}
         next_seq = {key: rooms[key].last_seq - counts[key] + 1 for key in ordered}
         rows = []
         for i in fresh:
