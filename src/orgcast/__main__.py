@@ -10,14 +10,12 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from .errors import CommandError, OrgcastError, SettingsError
+from .output import EXIT_FAILURE, EXIT_OK, emit, fail
 from .settings import Settings
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,18 +41,6 @@ def configure_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log.level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    """Print ``data`` as JSON with --json, else ``text`` for people."""
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    elif text:
-        print(text)
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -92,11 +78,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         web.run_app(app, host=host, port=port, print=lambda _: print(banner, flush=True))
     except StartupError as exc:
-        print(f"orgcast: {exc.message}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(None, exc.message)
     except OSError as exc:
-        print(f"orgcast: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(None, f"cannot listen on {host}:{port}: {exc.strerror}")
     return EXIT_OK
 
 
@@ -116,9 +100,9 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     url = settings.database_url
     try:
         if args.db_command == "upgrade":
-            run_async(schema.upgrade(url, args.revision))
+            asyncio.run(schema.upgrade(url, args.revision))
         elif args.db_command == "downgrade":
-            run_async(schema.downgrade(url, args.revision))
+            asyncio.run(schema.downgrade(url, args.revision))
 
         async def current() -> str | None:
             engine = create_engine(settings)
@@ -127,7 +111,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 await engine.dispose()
 
-        revision = run_async(current())
+        revision = asyncio.run(current())
     except DB_ERRORS as exc:
         raise CommandError(f"database unreachable: {exc.__class__.__name__}: {exc}") from None
     head = schema.head_revision()
@@ -192,17 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(config=args.config)
     except SettingsError as exc:
-        print(f"orgcast: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(None, exc)
     handler: Handler = args.handler
     try:
         return handler(args, settings)
     except OrgcastError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": exc.to_dict()}))
-        else:
-            print(f"orgcast: {exc.message}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(args, exc)
     except KeyboardInterrupt:
         return EXIT_FAILURE
 

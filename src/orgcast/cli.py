@@ -40,24 +40,14 @@ from .errors import (
     SchemaBehind,
     TenantNotFound,
     Unavailable,
+    readable_message,
 )
+from .output import EXIT_OK, emit, note
 from .services.auth import MAX_TTL, mint_token
 from .services.control import ControlBus
-from .services.manifests import ManifestService, load_directory, validation_problems
+from .services.manifests import ManifestService, load_directory
 from .services.tenants import Tenant, TenantCreate, TenantLimits, TenantPatch, TenantService
 from .settings import Settings
-
-EXIT_OK = 0
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    """Print ``data`` as JSON with --json, else ``text`` for people."""
-    # Not imported from __main__: under `python -m orgcast` that module is loaded a second time.
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    elif text:
-        print(text)
-
 
 # -- the database, as the server would open it ------------------------------------------------
 
@@ -86,10 +76,9 @@ class _Announcer:
                 # The same shape ControlBus publishes; our node id is nobody else's.
                 await client.publish(channel, json.dumps({"node": self.node_id, "slug": slug}))
         except (RedisError, OSError) as exc:
-            print(
-                f"orgcast: warning: the change is saved but could not be announced on Redis "
-                f"({exc}); running nodes apply it when they restart",
-                file=sys.stderr,
+            note(
+                f"warning: the change is saved but could not be announced on Redis "
+                f"({exc}); running nodes apply it when they restart"
             )
         finally:
             await client.aclose()
@@ -123,10 +112,7 @@ def _validated(model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = validation_problems("", exc)
-        summary = "; ".join(f"{p.field}: {p.message}" for p in problems)
-        details = [{"field": p.field, "message": p.message} for p in problems]
-        raise Invalid(f"invalid tenant: {summary}", details=details) from None
+        raise Invalid.from_validation(exc, subject="tenant", message=readable_message) from None
 
 
 def _when(ms: int | None) -> str:
@@ -311,10 +297,7 @@ async def token(args: argparse.Namespace, settings: Settings) -> None:
         raise TenantNotFound(f"tenant {args.slug!r} not found")
     minted = mint_token(keys, sub=args.sub, name=args.name, rooms=args.rooms, ttl_seconds=args.ttl)
     if not keys.tenant.active:
-        print(
-            f"orgcast: note: {args.slug} is suspended; connects are refused until it is resumed",
-            file=sys.stderr,
-        )
+        note(f"note: {args.slug} is suspended; connects are refused until it is resumed")
     emit(args, {"slug": args.slug, **minted}, minted["token"])
 
 

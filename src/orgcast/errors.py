@@ -40,9 +40,11 @@ handler into ``ConnectionRefusedError(code, {code, message})``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 
 class OrgcastError(Exception):
@@ -174,14 +176,31 @@ class Invalid(OrgcastError):
     default_message = "validation failed"
 
     @classmethod
-    def from_validation(cls, exc: ValidationError) -> Invalid:
-        """One detail per offending field; the message names the first three."""
+    def from_validation(
+        cls,
+        exc: ValidationError,
+        *,
+        subject: str = "request",
+        message: Callable[[ErrorDetails], str] = lambda error: error["msg"],
+    ) -> Invalid:
+        """One detail per offending field; the message names the first three.
+
+        The HTTP API keeps pydantic's messages as they are (they are on the wire); the command
+        line passes ``readable_message`` and its own ``subject``.
+        """
         details = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": message(e)}
             for e in exc.errors()
         ]
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
-        return cls(f"invalid request: {summary}", details=details)
+        return cls(f"invalid {subject}: {summary}", details=details)
+
+
+def readable_message(error: ErrorDetails) -> str:
+    """A pydantic error message for people: no "Value error, " prefix, "unknown key" for extras."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return error["msg"].removeprefix("Value error, ")
 
 
 class RateLimited(OrgcastError):

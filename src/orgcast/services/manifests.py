@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..errors import Invalid, NotFound
+from ..errors import Invalid, NotFound, readable_message
 from .tenants import Tenant, TenantCreate, TenantPatch, TenantService
 
 SECRET_WORDS = (
@@ -125,10 +125,7 @@ def validation_problems(file: str, exc: ValidationError) -> list[Problem]:
     problems = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "(file)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(Problem(file, field, message))
+        problems.append(Problem(file, field, readable_message(error)))
     return problems
 
 
