@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BadRequest, Invalid, InvalidJson
-from ..realtime.payloads import ROOM_RE
+from ..names import ROOM_RULE, is_room
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,6 +43,6 @@ def read_query(request: web.Request, model: type[M]) -> M:
 
 def path_room(request: web.Request) -> str:
     room = request.match_info["room"]
-    if not ROOM_RE.match(room):
-        raise BadRequest("room must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    if not is_room(room):
+        raise BadRequest(ROOM_RULE)
     return room

@@ -12,10 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..realtime.payloads import ROOM_RE
-from ..services.tenant_models import RESERVED_SLUGS, SLUG_PATTERN, TenantCreate, TenantLimits
-
-ROOM_PATTERN = ROOM_RE.pattern
+from ..names import SLUG_PATTERN
+from ..services.tenant_models import RESERVED_SLUGS, TenantCreate, TenantLimits
 
 
 class Body(BaseModel):

@@ -9,8 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import Invalid
+from ..names import ROOM_PATTERN, SLUG_PATTERN
 from ..services.auth import mint_token
-from ..services.tenant_models import SLUG_PATTERN, TenantPatch
+from ..services.tenant_models import TenantPatch
 from ..state import SERVICES, Services
 from . import schemas as s
 from .inputs import path_room, read_body, read_query
@@ -164,7 +165,7 @@ async def publish(request: web.Request) -> web.Response:
 # -- the table ----------------------------------------------------------------------------------
 
 SLUG = {"slug": {"type": "string", "pattern": SLUG_PATTERN}}
-ROOM = {"room": {"type": "string", "pattern": s.ROOM_PATTERN}}
+ROOM = {"room": {"type": "string", "pattern": ROOM_PATTERN}}
 NO_CONTENT = Response("Done; no body.")
 TENANT_NOT_FOUND = Response("No such tenant (tenant_not_found).", s.ErrorResponse)
 KEY_NOT_FOUND = Response("No such active key (key_not_found).", s.ErrorResponse)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..errors import BadRequest
+from ..names import ROOM_RULE, is_room
 
-ROOM_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 MAX_SEQ = 2**63 - 1
 
 
@@ -19,8 +18,8 @@ def payload(args: tuple[Any, ...]) -> dict[str, Any]:
 
 def room(data: dict[str, Any]) -> str:
     value = data.get("room")
-    if not isinstance(value, str) or not ROOM_RE.match(value):
-        raise BadRequest("room must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    if not isinstance(value, str) or not is_room(value):
+        raise BadRequest(ROOM_RULE)
     return value
 
 

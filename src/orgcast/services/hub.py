@@ -24,7 +24,6 @@ a message stored meanwhile is in ``missed`` or broadcast (possibly both: clients
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +39,7 @@ from ..errors import (
     TenantNotFound,
     TenantSuspended,
 )
+from ..names import is_slug
 from ..settings import Settings
 from . import db_boundary
 from .auth import Principal, verify_token
@@ -49,9 +49,8 @@ from .directory import TenantDirectory
 from .limits import TokenBucket
 from .messages import BodyDecoder, MessageService, NewMessage, StoredRow, encode_body
 from .presence import LocalPresence, Presence
-from .tenant_models import SLUG_PATTERN, TenantKeys
+from .tenant_models import TenantKeys
 
-SLUG_RE = re.compile(SLUG_PATTERN)
 Member = dict[str, str]
 
 
@@ -166,7 +165,7 @@ class Hub:
         if namespace == "/":
             raise NamespaceRequired()
         slug = namespace[1:]
-        keys = await self._directory.lookup(slug) if SLUG_RE.match(slug) else None
+        keys = await self._directory.lookup(slug) if is_slug(slug) else None
         if keys is None:
             raise TenantNotFound(f"no tenant {slug!r}")
         if not keys.tenant.active:

@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from ..names import is_slug
 from ..settings import LimitsSettings
 from ..store.models import Tenant as TenantRow
 
 log = logging.getLogger(__name__)
 
-SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
 RESERVED_SLUGS = frozenset(
     {"admin", "api", "socket.io", "static", "health", "healthz", "readyz", "metrics", "system"}
 )
@@ -53,7 +53,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whit
 
 def _check_events(names: list[str]) -> list[str]:
     for name in names:
-        if not EVENT_NAME.match(name):
+        if not EVENT_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid event name (letters, digits, _.:-)")
         if name in RESERVED_EVENTS:
             raise ValueError(f"{name!r} is reserved and cannot be an ephemeral event")
@@ -79,7 +79,7 @@ class TenantCreate(TenantFields):
     @field_validator("slug")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not re.match(SLUG_PATTERN, value):
+        if not is_slug(value):
             raise ValueError(
                 "must be 3-40 characters of a-z, 0-9 and '-', start with a letter, "
                 "and not end with '-'"

@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from ..errors import KeyNotFound, TenantExists, TenantNotFound
+from ..names import SLUG_PATTERN
 from ..settings import LimitsSettings
 from ..store import tenants as store
 from ..store.engine import Sessions
@@ -24,7 +25,6 @@ from .control import ControlBus
 from .directory import TenantDirectory, TenantWatcher
 from .tenant_models import (
     RESERVED_SLUGS,
-    SLUG_PATTERN,
     Limits,
     Tenant,
     TenantCreate,
