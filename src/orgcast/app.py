@@ -77,7 +77,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             await engine.dispose()
             raise
         sessions = create_sessions(engine)
-        token, token_path = resolve_admin_token(settings)
+        token, _ = resolve_admin_token(settings)
         control = ControlBus()
         tenants = TenantService(sessions, settings.limits, control)
         messages = MessageService(sessions, settings.messages, create_autocommit_sessions(engine))
@@ -88,7 +88,6 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         services = Services(
             settings=settings,
             admin_token=token,
-            admin_token_path=token_path,
             control=control,
             tenants=tenants,
             directory=directory,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,7 +25,6 @@ class Services:
 
     settings: Settings
     admin_token: str
-    admin_token_path: Path | None
     control: ControlBus
     tenants: TenantService
     directory: TenantDirectory
