@@ -1,0 +1,178 @@
+"""Each patch in ``orgcast.realtime.patches`` relies on python-socketio / python-engineio internals.
+
+These tests pin those internals: a signature, an attribute, or (where a library method was copied
+or re-implemented) the hash of its source. When a version bump changes one, the matching test
+fails with the patch's number, so the patch is re-checked against the new library instead of
+misbehaving quietly. Update a hash only after re-reading the patch against the new source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from importlib.metadata import version
+from typing import Any
+
+import engineio
+import pytest
+import socketio
+from engineio import async_socket as engine_socket
+from engineio import exceptions as engine_exceptions
+from engineio import packet as engine_packet
+from engineio.async_drivers import aiohttp as engine_aiohttp
+from socketio import async_pubsub_manager, base_manager
+from socketio import packet as socket_packet
+
+from orgcast.realtime import patches
+
+
+def source_hash(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def parameters(func: Any) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+def test_the_installed_libraries_are_the_minors_the_patches_were_checked_against() -> None:
+    assert version("python-socketio").startswith("5.18."), "re-check realtime/patches.py"
+    assert version("python-engineio").startswith("4.15."), "re-check realtime/patches.py"
+
+
+# -- 1. the websocket class ---------------------------------------------------------------------
+
+
+def test_patch_1_copies_an_unchanged_engineio_aiohttp_websocket_call() -> None:
+    websocket = engine_aiohttp.WebSocket
+    assert source_hash(websocket.__call__) == "71f9a94476d737c3", (
+        "patch 1: WebSocket.__call__ changed"
+    )
+    assert parameters(websocket.__call__) == ["self", "environ"]
+    assert parameters(websocket.__init__) == ["self", "handler", "server"]
+    # The engine builds its websocket from the server's table, which patch 1 replaces.
+    assert "self.server._async['websocket'](" in inspect.getsource(engine_socket.AsyncSocket)
+    assert hasattr(engineio.AsyncServer(async_mode="aiohttp"), "max_http_buffer_size")
+
+
+def test_patch_1_swaps_the_websocket_class_in_a_copy_of_the_server_table() -> None:
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    table = sio.eio._async
+    assert isinstance(table, dict)
+    assert table["websocket"] is engine_aiohttp.WebSocket
+    patches.install_websocket(sio, compress=False)
+    assert issubclass(sio.eio._async["websocket"], engine_aiohttp.WebSocket)
+    assert sio.eio._async["websocket"] is not engine_aiohttp.WebSocket
+    assert engine_aiohttp._async["websocket"] is engine_aiohttp.WebSocket  # module table untouched
+    assert set(sio.eio._async) == set(table)
+
+
+# -- 2. direct fan-out ----------------------------------------------------------------------------
+
+
+def test_patch_2_replaces_an_emit_with_the_same_signature_and_reads_the_same_structures() -> None:
+    assert parameters(socketio.AsyncManager.emit) == [
+        "self", "event", "data", "namespace", "room", "skip_sid", "callback", "to", "kwargs",
+    ]  # fmt: skip
+    assert parameters(patches.DirectFanout.emit) == parameters(socketio.AsyncManager.emit)
+    assert parameters(socketio.AsyncManager.connect) == ["self", "sid", "namespace"]
+    assert parameters(base_manager.BaseManager.get_participants) == ["self", "namespace", "room"]
+    assert parameters(base_manager.BaseManager.eio_sid_from_sid) == ["self", "sid", "namespace"]
+    assert source_hash(base_manager.BaseManager.get_participants) == "7d78ad681c95de5b", (
+        "patch 2: get_participants changed"
+    )
+    assert socketio.AsyncServer(async_mode="aiohttp").packet_class is socket_packet.Packet
+    assert (socket_packet.EVENT, engine_packet.MESSAGE) == (2, 4)
+
+
+async def test_patch_2_delivers_one_encoded_packet_per_participant_on_its_engine_queue() -> None:
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=patches.DirectFanout())
+    sockets = {}
+    for eio_sid in ("e1", "e2"):
+        socket = engine_socket.AsyncSocket(sio.eio, eio_sid)
+        assert (socket.closed, socket.queue.qsize()) == (False, 0)
+        sio.eio.sockets[eio_sid] = socket
+        sockets[eio_sid] = socket
+    first = await sio.manager.connect("e1", "/t")
+    await sio.manager.connect("e2", "/t")
+    for socket in sockets.values():  # the connect also installed patch 3
+        assert socket.poll.__func__ is patches._poll
+    await sio.manager.emit("message", {"x": 1}, "/t", skip_sid=first)
+    assert sockets["e1"].queue.qsize() == 0
+    frame = sockets["e2"].queue.get_nowait()
+    assert (frame.packet_type, frame.data) == (engine_packet.MESSAGE, '2/t,["message",{"x":1}]')
+
+
+# -- 3. poll without a task -----------------------------------------------------------------------
+
+
+def test_patch_3_reimplements_an_unchanged_engineio_socket_poll() -> None:
+    assert source_hash(engine_socket.AsyncSocket.poll) == "826f58a9f3606db2", (
+        "patch 3: poll changed"
+    )
+    assert parameters(engine_socket.AsyncSocket.poll) == ["self"]
+    server = engineio.AsyncServer(async_mode="aiohttp")
+    assert isinstance(server.ping_interval + server.ping_timeout, int | float)
+    assert issubclass(engine_exceptions.QueueEmpty, Exception)
+
+
+async def test_patch_3_poll_returns_the_queued_packets_and_keeps_the_close_marker() -> None:
+    socket = engine_socket.AsyncSocket(engineio.AsyncServer(async_mode="aiohttp"), "e1")
+    assert isinstance(socket.queue, asyncio.Queue)
+    patches.fast_poll(socket)
+    socket.queue.put_nowait("a")
+    socket.queue.put_nowait("b")
+    socket.queue.put_nowait(None)
+    assert await socket.poll() == ["a", "b"]
+    assert await socket.poll() == []
+    await socket.queue.join()  # every get was matched by task_done, as the library's poll does
+
+
+# -- 4. volatile across nodes ---------------------------------------------------------------------
+
+
+def test_patch_4_overrides_a_pubsub_handler_and_message_of_an_unchanged_shape() -> None:
+    manager = async_pubsub_manager.AsyncPubSubManager
+    assert parameters(manager._handle_emit) == ["self", "message"]
+    assert parameters(manager._publish) == ["self", "data"]
+    assert parameters(manager.emit) == parameters(socketio.AsyncManager.emit)
+    # DirectFanoutRedis.emit publishes the message manager.emit would, plus "volatile".
+    assert source_hash(manager.emit) == "6cc46e0ff9b6d7cf", (
+        "patch 4: the published emit message changed"
+    )
+    assert source_hash(manager._handle_emit) == "4284671be955f644", "patch 4: _handle_emit changed"
+    redis_manager = socketio.AsyncRedisManager("redis://127.0.0.1:6379/0", write_only=True)
+    assert isinstance(redis_manager.host_id, str)
+    assert [c.__name__ for c in patches.DirectFanoutRedis.__mro__[:4]] == [
+        "DirectFanoutRedis", "AsyncRedisManager", "AsyncPubSubManager", "DirectFanout",
+    ]  # fmt: skip
+
+
+# -- 5. manager and engine attribute reads --------------------------------------------------------
+
+
+async def test_patch_5_counts_a_namespace_from_the_manager_rooms_table() -> None:
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    assert patches.namespace_connections(sio, "/t") == 0
+    await sio.manager.connect("e1", "/t")
+    await sio.manager.connect("e2", "/t")
+    assert patches.namespace_connections(sio, "/t") == 2
+    assert set(sio.manager.rooms["/t"][None].values()) == {"e1", "e2"}
+
+
+def test_patch_5_reads_engine_sockets_and_the_redis_manager_connections() -> None:
+    assert "wait" in parameters(engine_socket.AsyncSocket.close)
+    assert engineio.AsyncServer(async_mode="aiohttp").sockets == {}
+    redis_manager = socketio.AsyncRedisManager("redis://127.0.0.1:6379/0", write_only=True)
+    assert hasattr(redis_manager, "redis")
+    assert hasattr(redis_manager, "pubsub")
+    assert "self.thread = self.server.start_background_task(" in inspect.getsource(
+        async_pubsub_manager.AsyncPubSubManager.initialize
+    )
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_patch_1_class_builds_with_the_library_constructor(compress: bool) -> None:
+    cls = patches.websocket_class(compress)
+    ws = cls(handler=None, server=engineio.AsyncServer(async_mode="aiohttp"))
+    assert ws._sock is None
