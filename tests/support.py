@@ -313,10 +313,58 @@ class Inbox:
         return await asyncio.wait_for(self.items.get(), within)
 
     async def expect_nothing(self, within: float = 0.3) -> None:
-        """Assert that no event arrives within ``within`` seconds (a bounded wait)."""
+        """Assert that no event arrives within ``within`` seconds (a bounded wait).
+
+        Prefer a marker where one can be sent after the event that must not arrive (see
+        ``expect_next``): it waits as long as the server needs, not a guessed interval."""
         with contextlib.suppress(TimeoutError):
             item = await asyncio.wait_for(self.items.get(), within)
             raise AssertionError(f"unexpected event: {item!r}")
+
+    async def expect_next(self, *items: Any) -> None:
+        """Assert that the next events are exactly ``items`` (each a bounded wait).
+
+        With a marker: after an acknowledged action whose unwanted event would have been queued
+        to this client before the ack, cause a marker event and expect it next; one node delivers
+        a socket's events in order, so anything unwanted arrives first and fails here."""
+        for expected in items:
+            item = await self.get()
+            assert item == expected, f"expected {expected!r} next, got {item!r}"
+
+
+WITHIN = 5.0
+
+
+async def call(client: socketio.AsyncClient, slug: str, event: str, data: Any = None) -> Any:
+    """Emit with an acknowledgement and return the ack (bounded wait)."""
+    return await client.call(event, data, namespace=f"/{slug}", timeout=WITHIN)
+
+
+async def connect(server: Server, tenant: Tenant, sub: str, **claims: Any) -> socketio.AsyncClient:
+    """A client of ``sub`` connected to ``tenant`` with a token carrying ``claims``."""
+    return await server.connect(tenant.slug, await server.token(tenant.slug, sub, **claims))
+
+
+async def joined(
+    server: Server, tenant: Tenant, sub: str, room: str = "lobby", **claims: Any
+) -> socketio.AsyncClient:
+    """A client of ``sub`` connected to ``tenant`` and joined to ``room``."""
+    client = await connect(server, tenant, sub, **claims)
+    ack = await call(client, tenant.slug, "join", {"room": room})
+    assert ack["ok"] is True, ack
+    return client
+
+
+def assert_error(ack: Any, code: str) -> None:
+    """A Socket.IO error ack, exactly ``{ok: false, error: {code, message}}`` (plus
+    ``retry_after_ms`` for ``rate_limited``)."""
+    assert isinstance(ack, dict) and ack.get("ok") is False, ack
+    assert set(ack) == {"ok", "error"}, ack
+    error = ack["error"]
+    expected_keys = {"code", "message", "retry_after_ms"} if code == "rate_limited" else None
+    assert set(error) == (expected_keys or {"code", "message"}), error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
 
 
 __all__ = [
@@ -325,7 +373,11 @@ __all__ = [
     "RedisSettings",
     "Server",
     "Tenant",
+    "assert_error",
+    "call",
+    "connect",
     "free_port",
+    "joined",
     "node_settings",
     "start_server",
     "unique_slug",

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from orgcast.settings import MessagesSettings
 from orgcast.state import SERVICES
-from tests.support import Server, Tenant, eventually, node_settings, start_server
+from tests.support import Server, eventually, joined, node_settings, start_server
 
 CALL_TIMEOUT = 15
 
@@ -37,13 +37,6 @@ async def tiny_queue_node(database_url: str, tmp_path: Path) -> AsyncIterator[Se
     )
     async with start_server(node_settings(database_url, tmp_path, messages=messages)) as node:
         yield node
-
-
-async def joined(node: Server, tenant: Tenant, sub: str, room: str) -> socketio.AsyncClient:
-    client = await node.connect(tenant.slug, await node.token(tenant.slug, sub=sub))
-    ack = await client.call("join", {"room": room}, namespace=f"/{tenant.slug}", timeout=5)
-    assert ack["ok"] is True, ack
-    return client
 
 
 async def send(client: socketio.AsyncClient, slug: str, room: str, body: Any) -> dict[str, Any]:

@@ -5,18 +5,12 @@ reaches nobody's private channel."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import socketio
 
-from tests.support import Inbox, Server, Tenant
+from tests.support import Inbox, Server, Tenant, call
 
-WITHIN = 5.0
 EVENTS = ("message", "presence", "typing")
-
-
-async def call(client: socketio.AsyncClient, slug: str, event: str, data: Any) -> Any:
-    return await client.call(event, data, namespace=f"/{slug}", timeout=WITHIN)
 
 
 @dataclass

@@ -19,31 +19,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from orgcast.state import SERVICES
 from tests.support import (
+    WITHIN,
     Inbox,
     MessagesSettings,
     Server,
-    Tenant,
+    assert_error,
+    call,
+    joined,
     node_settings,
     start_server,
 )
 from tests.test_realtime_connect import assert_refused, refusal
-
-WITHIN = 5.0
-
-
-async def call(client: socketio.AsyncClient, slug: str, event: str, data: Any = None) -> Any:
-    """Emit with an acknowledgement and return the ack (bounded wait)."""
-    return await client.call(event, data, namespace=f"/{slug}", timeout=WITHIN)
-
-
-def assert_error(ack: Any, code: str) -> None:
-    assert isinstance(ack, dict) and ack.get("ok") is False, ack
-    assert set(ack) == {"ok", "error"}, ack
-    error = ack["error"]
-    expected_keys = {"code", "message", "retry_after_ms"} if code == "rate_limited" else None
-    assert set(error) == (expected_keys or {"code", "message"}), error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
 
 
 def assert_sent(ack: Any, room: str, seq: int) -> None:
@@ -51,14 +37,6 @@ def assert_sent(ack: Any, room: str, seq: int) -> None:
     assert ack["ok"] is True and ack["room"] == room and ack["seq"] == seq, ack
     assert isinstance(ack["id"], (int, str)) and ack["id"] not in ("", 0)
     assert isinstance(ack["ts"], int) and ack["ts"] > 1_600_000_000_000
-
-
-async def joined(server: Server, tenant: Tenant, sub: str, room: str = "lobby", **claims: Any):  # type: ignore[no-untyped-def]
-    """A client of ``sub`` connected to ``tenant`` and joined to ``room``."""
-    client = await server.connect(tenant.slug, await server.token(tenant.slug, sub, **claims))
-    ack = await call(client, tenant.slug, "join", {"room": room})
-    assert ack["ok"] is True, ack
-    return client
 
 
 async def send_many(
@@ -415,7 +393,13 @@ async def test_ephemeral_event_is_relayed_to_others_and_never_stored(server: Ser
         "sender": {"id": "alice", "name": "Alice"},
         "data": {"on": True},
     }
-    await alice_typing.expect_nothing()
+    # Bob's typing is the marker: alice's own event, had it come back, would arrive first.
+    assert await call(bob, tenant.slug, "typing", {"room": "lobby", "data": "marker"}) == {
+        "ok": True
+    }
+    await alice_typing.expect_next(
+        {"room": "lobby", "sender": {"id": "bob", "name": "bob"}, "data": "marker"}
+    )
     history = await call(alice, tenant.slug, "history", {"room": "lobby"})
     assert history["messages"] == []
     assert (await call(alice, tenant.slug, "join", {"room": "lobby"}))["seq"] == 0
@@ -538,7 +522,10 @@ async def test_every_malformed_payload_gets_bad_request_and_the_socket_stays_up(
         1,
     )
     assert (await inbox.get())["body"] == "still here"
-    await inbox.expect_nothing(0.1)
+    # Nothing else was delivered: the next event is the marker sent after it.
+    marker = {"room": "lobby", "body": "marker"}
+    assert_sent(await call(client, tenant.slug, "message", marker), "lobby", 2)
+    assert (await inbox.get())["body"] == "marker"
 
 
 # -- live tenant changes --------------------------------------------------------------------------
@@ -622,7 +609,10 @@ async def test_reconnect_with_since_receives_exactly_the_missed_messages(server:
         await call(sender, tenant.slug, "message", {"room": "lobby", "body": "live-6"}), "lobby", 6
     )
     assert (await live.get())["seq"] == 6
-    await live.expect_nothing(0.1)
+    # Nothing else was delivered: the next event is the marker sent after it.
+    marker = {"room": "lobby", "body": "marker"}
+    assert_sent(await call(sender, tenant.slug, "message", marker), "lobby", 7)
+    assert (await live.get())["seq"] == 7
 
 
 async def test_reconnect_after_server_restart_replays_every_acked_message(
