@@ -67,6 +67,13 @@ def test_patch_1_swaps_the_websocket_class_in_a_copy_of_the_server_table() -> No
     assert set(sio.eio._async) == set(table)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_patch_1_class_builds_with_the_library_constructor(compress: bool) -> None:
+    cls = patches.websocket_class(compress)
+    ws = cls(handler=None, server=engineio.AsyncServer(async_mode="aiohttp"))
+    assert ws._sock is None
+
+
 # -- 2. direct fan-out ----------------------------------------------------------------------------
 
 
@@ -169,10 +176,3 @@ def test_patch_5_reads_engine_sockets_and_the_redis_manager_connections() -> Non
     assert "self.thread = self.server.start_background_task(" in inspect.getsource(
         async_pubsub_manager.AsyncPubSubManager.initialize
     )
-
-
-@pytest.mark.parametrize("compress", [False, True])
-def test_patch_1_class_builds_with_the_library_constructor(compress: bool) -> None:
-    cls = patches.websocket_class(compress)
-    ws = cls(handler=None, server=engineio.AsyncServer(async_mode="aiohttp"))
-    assert ws._sock is None
