@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,29 +17,10 @@ from .output import EXIT_FAILURE, EXIT_OK, emit, fail
 from .settings import Settings
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    if settings.log.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log.level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from . import logs
+
+    logs.configure(settings.log)
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -76,7 +56,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     app = create_app(settings, migrate=args.migrate)
     try:
-        web.run_app(app, host=host, port=port, print=lambda _: print(banner, flush=True))
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            print=lambda _: print(banner, flush=True),
+            access_log=None,  # orgcast.access logs route templates instead (see logs.py)
+        )
     except StartupError as exc:
         return fail(None, exc.message)
     except OSError as exc:
