@@ -64,7 +64,11 @@ async def test_document_is_openapi_3_served_without_a_token(server: Server) -> N
     doc = await document(server)
     assert doc["openapi"] == "3.1.0"
     assert doc["info"]["title"] == "orgcast HTTP API"
-    assert set(doc["components"]["securitySchemes"]) == {"adminToken", "tenantApiKey"}
+    assert set(doc["components"]["securitySchemes"]) == {
+        "adminToken",
+        "tenantApiKey",
+        "metricsToken",
+    }
 
 
 @pytest.mark.parametrize("enabled", [False, True])

@@ -17,6 +17,8 @@ from redis.asyncio import Redis
 
 from . import api
 from .errors import OrgcastError, SchemaBehind
+from .logs import access_middleware
+from .metrics import create_metrics, sample_loop_lag
 from .realtime.server import Realtime
 from .services.admin import resolve_admin_token
 from .services.cluster import RedisPresence
@@ -28,7 +30,7 @@ from .services.messages import MessageService
 from .services.retention import RetentionTask
 from .services.tenants import TenantService
 from .settings import Settings
-from .state import REALTIME, SERVICES, SETTINGS, Services
+from .state import METRICS, REALTIME, SERVICES, SETTINGS, Services
 from .store import schema
 from .store.engine import DB_ERRORS, create_autocommit_sessions, create_engine, create_sessions
 
@@ -46,14 +48,16 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     (the embedded SQLite file is always migrated)."""
     app = web.Application(
         client_max_size=settings.server.max_packet_bytes,
-        middlewares=api.middlewares(),
+        middlewares=[access_middleware, *api.middlewares()],
     )
     app[SETTINGS] = settings
+    app[METRICS] = create_metrics(settings.metrics)
     realtime = Realtime(settings)
     app[REALTIME] = realtime
     realtime.attach(app)
     api.setup_routes(app)
     app.cleanup_ctx.append(_services_ctx(migrate))
+    app.cleanup_ctx.append(_loop_lag_ctx)
     app.on_shutdown.append(_drain_messages)
     return app
 
@@ -65,6 +69,21 @@ async def _drain_messages(app: web.Application) -> None:
     if services is not None:
         await services.messages.drain()
         await app[REALTIME].close_sockets()
+
+
+async def _loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The event-loop lag sampler, while metrics are on."""
+    metrics = app[METRICS]
+    if not metrics.enabled:
+        yield
+        return
+    interval = app[SETTINGS].metrics.loop_lag_interval_seconds
+    task = asyncio.create_task(sample_loop_lag(metrics, interval), name="orgcast-loop-lag")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]

@@ -110,12 +110,24 @@ class MessagesSettings(Section):
 
 
 class MetricsSettings(Section):
-    enabled: bool = False
+    enabled: bool = True
+    token: str = ""
+    max_tenant_labels: int = Field(100, ge=1, le=10_000)
+    loop_lag_interval_seconds: float = Field(0.5, gt=0, le=60)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters (or empty: the admin token only)")
+        return value
 
 
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    access: bool = True
+    repeat_interval_seconds: float = Field(60.0, gt=0)
 
     @field_validator("level", mode="before")
     @classmethod

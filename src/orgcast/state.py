@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .metrics import Metrics
 from .services.control import ControlBus
 from .services.directory import TenantDirectory
 from .services.health import HealthService
@@ -36,3 +37,4 @@ class Services:
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
+METRICS = web.AppKey("metrics", Metrics)

@@ -14,10 +14,11 @@ from aiohttp import web
 
 from ..errors import AuthInvalid, Forbidden, Unauthorized
 from ..services.admin import same_secret
-from ..state import SERVICES
+from ..state import SERVICES, SETTINGS
 
-# none; admin (admin token only); tenant (the admin token or an API key of the route's {slug})
-Auth = Literal["none", "admin", "tenant"]
+# none; admin (admin token only); tenant (the admin token or an API key of the route's {slug});
+# metrics (the admin token or metrics.token)
+Auth = Literal["none", "admin", "tenant", "metrics"]
 
 
 def _bearer(request: web.Request) -> str:
@@ -53,9 +54,21 @@ async def require_tenant(request: web.Request, slug: str) -> None:
         raise Forbidden("this API key belongs to another tenant")
 
 
+async def require_metrics(request: web.Request) -> None:
+    """The admin token or ``metrics.token``; nothing else is looked up (no database)."""
+    token = _bearer(request)
+    allowed = (request.app[SERVICES].admin_token, request.app[SETTINGS].metrics.token)
+    # Compared with both, so the time taken does not say which one matched.
+    matched = [bool(secret) and same_secret(token, secret) for secret in allowed]
+    if not any(matched):
+        raise AuthInvalid("invalid token")
+
+
 async def authorize(request: web.Request, auth: Auth) -> None:
     """Raise unless the request may call a route declared with ``auth``."""
     if auth == "admin":
         await require_admin(request)
     elif auth == "tenant":
         await require_tenant(request, request.match_info["slug"])
+    elif auth == "metrics":
+        await require_metrics(request)

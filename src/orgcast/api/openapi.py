@@ -36,6 +36,7 @@ _COMMON_ERRORS = {
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "admin": [{"adminToken": []}],
     "tenant": [{"adminToken": []}, {"tenantApiKey": []}],
+    "metrics": [{"adminToken": []}, {"metricsToken": []}],
     "none": [],
 }
 
@@ -170,6 +171,11 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
                     "scheme": "bearer",
                     "description": "A tenant API key: only its own tenant's token, rooms and "
                     "messages routes.",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "metrics.token: GET /metrics only.",
                 },
             },
         },

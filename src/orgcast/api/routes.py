@@ -33,7 +33,8 @@ class Response:
 @dataclass(frozen=True)
 class Route:
     """An HTTP operation. ``auth``: ``none``; ``admin`` (admin token only); ``tenant`` (the admin
-    token or an API key of the tenant named by ``{slug}``)."""
+    token or an API key of the tenant named by ``{slug}``); ``metrics`` (the admin token or
+    ``metrics.token``)."""
 
     method: str
     path: str

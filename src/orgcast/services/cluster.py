@@ -100,6 +100,14 @@ class RedisPresence:
     def _field(self, sid: str, node: str | None = None) -> str:
         return f"{node or self.node_id}:{sid}"
 
+    async def ping(self, within: float = 1.0) -> bool:
+        """Whether Redis answers a PING within ``within`` seconds (for ``orgcast_redis_up``)."""
+        try:
+            async with asyncio.timeout(within):
+                return bool(await self._redis.ping())
+        except REDIS_ERRORS:
+            return False
+
     def _degraded(self, what: str) -> None:
         # One warning per ten seconds is enough to say Redis is gone; the mirror answers meanwhile.
         now = time.monotonic()

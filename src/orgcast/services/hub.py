@@ -366,6 +366,13 @@ class Hub:
     def live_slugs(self) -> set[str]:
         return self._out.live_slugs()
 
+    async def redis_health(self) -> tuple[bool, int]:
+        """Whether Redis answers, and how many presence operations failed on it ((False, 0)
+        on a node without Redis)."""
+        if isinstance(self.presence, RedisPresence):
+            return await self.presence.ping(), self.presence.errors
+        return False, 0
+
     def local_connections(self) -> dict[str, int]:
         """Sockets on this node, per tenant with any."""
         return {slug: self._out.local_connections(slug) for slug in self._out.live_slugs()}

@@ -113,6 +113,10 @@ class MessageService:
             ) from None
         return future
 
+    def queue_depth(self) -> int:
+        """Messages waiting for the writer."""
+        return self._queue.qsize()
+
     async def run(self) -> None:
         """The writer loop: take a batch, store it, answer its senders; until cancelled."""
         limit = self._settings.batch_max_size
