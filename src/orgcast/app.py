@@ -99,7 +99,9 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         token, _ = resolve_admin_token(settings)
         control = ControlBus()
         tenants = TenantService(sessions, settings.limits, control)
-        messages = MessageService(sessions, settings.messages, create_autocommit_sessions(engine))
+        messages = MessageService(
+            sessions, settings.messages, create_autocommit_sessions(engine), app[METRICS]
+        )
         directory = TenantDirectory(tenants, control)
         realtime = app[REALTIME]
         redis, listener = _redis_clients(settings)

@@ -127,7 +127,6 @@ class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
     access: bool = True
-    repeat_interval_seconds: float = Field(60.0, gt=0)
 
     @field_validator("level", mode="before")
     @classmethod

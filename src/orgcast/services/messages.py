@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest, Internal, RateLimited, TooLarge, Unavailable
+from ..logs import Repeated
+from ..metrics import Metrics, NullMetrics
 from ..settings import MessagesSettings
 from ..store import messages as store
 from ..store.engine import DB_ERRORS, Sessions
@@ -92,9 +94,16 @@ class MessageService:
     """Stores and reads messages; owns the batching writer task (``run``)."""
 
     def __init__(
-        self, sessions: Sessions, settings: MessagesSettings, autocommit: Sessions | None = None
+        self,
+        sessions: Sessions,
+        settings: MessagesSettings,
+        autocommit: Sessions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sessions = sessions
+        self._metrics = metrics or NullMetrics()
+        # A database that is down fails every batch: one warning a minute, with the count.
+        self._db_down = Repeated(log)
         self._autocommit = autocommit or sessions
         self._settings = settings
         self._one_statement = autocommit is not None and store.batch_is_one_statement(autocommit)
@@ -156,8 +165,11 @@ class MessageService:
             for pending in batch:
                 await self._flush_one(pending)
             return
-        except DB_ERRORS:
-            log.warning("message batch of %d not stored: database unavailable", len(batch))
+        except DB_ERRORS as exc:
+            self._metrics.database_error()
+            self._db_down.warning(
+                "message batch not stored: database unavailable (%s)", exc.__class__.__name__
+            )
             self._fail(batch, Unavailable("the message store is unavailable; retry"))
             return
         except Exception:
@@ -172,6 +184,7 @@ class MessageService:
         try:
             (row,) = await self._write([pending.message])
         except DB_ERRORS:
+            self._metrics.database_error()
             self._fail([pending], Unavailable("the message store is unavailable; retry"))
         except Exception:
             log.exception("message could not be stored")
@@ -190,6 +203,8 @@ class MessageService:
                 rows = await store.write_batch(session, messages)
         self.batches += 1
         self.stored += len(messages)
+        self._metrics.batch(len(messages))
+        self._db_down.recovered("message store available again")
         return rows
 
     @staticmethod
