@@ -30,6 +30,7 @@ handler into ``ConnectionRefusedError(code, {code, message})``.
     ├── RateLimited             rate_limited         429
     │   └── ConnectionLimit     connection_limit     429
     ├── Unavailable             unavailable          503
+    │   ├── DatabaseUnavailable unavailable          503  (the database did not answer)
     │   └── SchemaBehind        schema_not_at_head   503  (run orgcast db upgrade)
     ├── Internal                internal             500
     ├── SettingsError           invalid_settings     500  (a setting is missing or malformed)
@@ -233,6 +234,11 @@ class Unavailable(OrgcastError):
     code = "unavailable"
     status = 503
     default_message = "service unavailable, try again"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database did not answer (``services.db_boundary``); counted in
+    ``orgcast_database_errors_total``. Same wire code as ``Unavailable``."""
 
 
 class SchemaBehind(Unavailable):

@@ -130,7 +130,8 @@ def configure(settings: LogSettings, stream: TextIO | None = None) -> logging.Ha
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
-    access_log.setLevel(logging.INFO if settings.access else logging.WARNING)
+    # On: the access lines follow log.level like any INFO line; off: never written.
+    access_log.setLevel(logging.NOTSET if settings.access else logging.WARNING)
     # aiohttp's access logger logs raw paths; orgcast.access replaces it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler

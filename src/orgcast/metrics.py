@@ -163,6 +163,7 @@ class Snapshot:
     tenants: dict[str, int] | None = None  # by status; None: the database did not answer
     redis_configured: bool = False
     redis_up: bool = False
+    redis_errors: int = 0  # counted by the presence client, added to Metrics.redis_errors
     database: str = "sqlite"
 
 
@@ -415,7 +416,9 @@ class MetricsCollector(Collector):
             value=1 if snap.redis_up else 0,
         )
         yield CounterMetricFamily(
-            "orgcast_redis_errors", "Operations that failed on a Redis error.", value=m.redis_errors
+            "orgcast_redis_errors",
+            "Operations that failed on a Redis error.",
+            value=m.redis_errors + snap.redis_errors,
         )
         yield CounterMetricFamily(
             "orgcast_gap_repairs",

@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import OrgcastError
+from ..errors import DatabaseUnavailable, OrgcastError
+from ..state import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except OrgcastError as exc:
+        if isinstance(exc, DatabaseUnavailable):
+            request.app[METRICS].database_error()
         return from_error(exc)
     except web.HTTPException as exc:
         # Redirects pass; the Engine.IO endpoint keeps its own protocol's error format.

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from ..errors import Unavailable
+from ..errors import DatabaseUnavailable
 from ..store.engine import DB_ERRORS
 
 __all__ = ["DB_ERRORS", "db_boundary"]
@@ -24,7 +24,8 @@ R = TypeVar("R")
 def db_boundary(
     message: str | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-    """Turn the database errors of the wrapped coroutine into ``Unavailable(message)``."""
+    """Turn the database errors of the wrapped coroutine into ``DatabaseUnavailable(message)``
+    (an ``Unavailable``: wire code ``unavailable``)."""
 
     def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
@@ -32,7 +33,7 @@ def db_boundary(
             try:
                 return await fn(*args, **kwargs)
             except DB_ERRORS:
-                raise Unavailable(message or DB_UNAVAILABLE) from None
+                raise DatabaseUnavailable(message or DB_UNAVAILABLE) from None
 
         return guarded
 

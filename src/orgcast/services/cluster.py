@@ -90,6 +90,7 @@ class RedisPresence:
         self._release = redis.register_script(_RELEASE)
         self._registered = False
         self._warned_at = 0.0
+        self.errors = 0
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class RedisPresence:
 
     def _degraded(self, what: str) -> None:
         # One warning per ten seconds is enough to say Redis is gone; the mirror answers meanwhile.
+        self.errors += 1  # orgcast_redis_errors_total
         now = time.monotonic()
         if now - self._warned_at > 10:
             self._warned_at = now
