@@ -95,7 +95,7 @@ async def test_metrics_answer_401_without_a_valid_token_and_200_with_admin_or_me
             {
                 "error": {
                     "code": "auth_required",
-                    "message": "send Authorization: Bearer <admin token or metrics.token>",
+                    "message": "send Authorization: Bearer <token>",
                 }
             },
         )

@@ -26,6 +26,7 @@ from .services.control import ControlBus
 from .services.directory import TenantDirectory, TenantWatcher
 from .services.health import HealthService
 from .services.hub import Hub
+from .services.hub_metrics import HubMetrics
 from .services.messages import MessageService
 from .services.retention import RetentionTask
 from .services.tenants import TenantService
@@ -52,7 +53,7 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = create_metrics(settings.metrics)
-    realtime = Realtime(settings)
+    realtime = Realtime(settings, app[METRICS])
     app[REALTIME] = realtime
     realtime.attach(app)
     api.setup_routes(app)
@@ -106,6 +107,8 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         realtime = app[REALTIME]
         redis, listener = _redis_clients(settings)
         hub = Hub(settings, directory, messages, control, realtime, redis)
+        if app[METRICS].enabled:
+            hub.add_listener(HubMetrics(app[METRICS]))
         services = Services(
             settings=settings,
             admin_token=token,

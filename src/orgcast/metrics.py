@@ -147,10 +147,7 @@ class TenantStats:
 
     def activity(self) -> int:
         return (
-            self.connects
-            + self.messages
-            + sum(self.events.values())
-            + sum(self.webhooks.values())
+            self.connects + self.messages + sum(self.events.values()) + sum(self.webhooks.values())
         )
 
 

@@ -9,12 +9,15 @@ socket's ``Connection`` lives in its Socket.IO session, never on this object.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import socketio
 
 from ..errors import BadRequest, OrgcastError, UnknownEvent
+from ..logs import bind, unbind
+from ..metrics import STANDARD_EVENTS, Metrics, NullMetrics
 from ..services.hub import Connection, Hub
 from . import payloads
 from .codec import raw_json
@@ -30,11 +33,16 @@ class Handlers:
     ``Unavailable`` while the node starts)."""
 
     def __init__(
-        self, sio: socketio.AsyncServer, hub: Callable[[], Hub], history_page: int
+        self,
+        sio: socketio.AsyncServer,
+        hub: Callable[[], Hub],
+        history_page: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sio = sio
         self.hub = hub
         self.history_page = history_page
+        self.metrics = metrics or NullMetrics()
 
     def register(self) -> None:
         self.sio.on("connect", self.on_connect, namespace="*")
@@ -63,14 +71,20 @@ class Handlers:
     ) -> dict[str, Any] | None:
         if self._is_client_event(sid, namespace):
             return _lifecycle_event_refused("connect")
+        token = bind(tenant=namespace[1:64] or None, sid=sid)
         try:
             origin = (environ or {}).get("HTTP_ORIGIN")
             conn = await self.hub().admit(namespace, sid, origin, auth)
         except OrgcastError as exc:
+            self.metrics.refused(exc.code)
+            log.debug("connect refused: %s", exc.code)
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_dict()) from None
         except Exception:
+            self.metrics.refused("unavailable")
             log.exception("connect to %s failed", namespace)
             raise _refusal("unavailable", "the server could not admit the connection") from None
+        finally:
+            unbind(token)
         await self.sio.save_session(sid, {"state": conn}, namespace=namespace)
         return None
 
@@ -87,18 +101,43 @@ class Handlers:
     # -- events -----------------------------------------------------------------------------------
 
     async def on_event(self, event: str, namespace: str, sid: str, *args: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        conn: Connection | None = None
+        keys: TenantKeys | None = None
+        result = "ok"
+        token = None
         try:
             conn = await self.connection(self.sio, sid, namespace)
             if conn is None:
                 raise UnknownEvent("this socket is not admitted")
+            token = bind(tenant=conn.slug, sid=sid, user=conn.principal.user_id, event=event[:64])
             hub = self.hub()
             keys = await hub.check_event(conn)
             return await self._dispatch(hub, event, conn, keys, args)
         except OrgcastError as exc:
+            result = exc.code
             return {"ok": False, "error": exc.to_dict()}
         except Exception:
+            result = "internal"
             log.exception("event %r on %s failed", event, namespace)
             return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
+        finally:
+            seconds = time.perf_counter() - start
+            if event in STANDARD_EVENTS:
+                label = event
+            elif keys is not None and event in keys.tenant.ephemeral_events:
+                label = "ephemeral"
+            else:
+                label = "other"
+            self.metrics.event(conn.slug if conn else None, label, result, seconds)
+            if log.isEnabledFor(logging.DEBUG):
+                latency_ms = round(seconds * 1000, 3)
+                log.debug(
+                    "event %s: %s in %.1f ms", label, result, latency_ms,
+                    extra={"result": result, "latency_ms": latency_ms},
+                )  # fmt: skip
+            if token is not None:
+                unbind(token)
 
     async def _dispatch(
         self, hub: Hub, event: str, conn: Connection, keys: TenantKeys, args: tuple[Any, ...]

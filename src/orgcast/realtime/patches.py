@@ -107,6 +107,10 @@ VOLATILE_BACKLOG = 32
 
 
 class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
+    # "/<slug>" -> ``message`` packets handed to sockets (orgcast_deliveries_total): the Realtime
+    # that builds the manager replaces it with its Metrics' dict.
+    delivered: dict[str, int] = {}
+
     async def connect(self, sid: str, namespace: str) -> str:
         sid = await super().connect(sid, namespace)
         socket = self.server.eio.sockets.get(self.eio_sid_from_sid(sid, namespace))
@@ -148,6 +152,7 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
             for part in (encoded if isinstance(encoded, list) else [encoded])
         ]
         sockets = self.server.eio.sockets
+        handed = 0
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skip:
                 continue
@@ -158,6 +163,9 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
                 continue
             for frame in frames:
                 socket.queue.put_nowait(frame)
+            handed += 1
+        if handed and event == "message":
+            self.delivered[namespace] = self.delivered.get(namespace, 0) + handed
 
 
 # -- 4. volatile across nodes --------------------------------------------------------------------

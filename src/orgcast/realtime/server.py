@@ -15,6 +15,7 @@ import socketio
 from aiohttp import web
 
 from ..errors import Unavailable
+from ..metrics import Metrics, NullMetrics
 from ..services.hub import Hub
 from ..services.messages import StoredRow, wire
 from ..settings import Settings
@@ -32,8 +33,9 @@ def room_key(room: str) -> str:
 class Realtime:
     """The Socket.IO server attached to the aiohttp application; implements ``Broadcaster``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        metrics = metrics or NullMetrics()
         direct = settings.server.direct_fanout
         manager: socketio.AsyncManager
         if settings.redis.url:
@@ -43,6 +45,9 @@ class Realtime:
             )
         else:
             manager = patches.DirectFanout() if direct else socketio.AsyncManager()
+        # Deliveries are counted by the direct fan-out only (python-socketio's own path has no
+        # such count): orgcast_deliveries_total stays 0 with server.direct_fanout = false.
+        manager.delivered = metrics.delivered
         cors: Any = settings.server.cors_allowed_origins or "*"
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
@@ -62,7 +67,7 @@ class Realtime:
         )
         patches.install_websocket(self.sio, settings.server.websocket_compression)
         self._hub: Hub | None = None
-        Handlers(self.sio, self._require_hub, settings.messages.history_page).register()
+        Handlers(self.sio, self._require_hub, settings.messages.history_page, metrics).register()
 
     def attach(self, app: web.Application) -> None:
         self.sio.attach(app)
