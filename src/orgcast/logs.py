@@ -12,7 +12,8 @@ the context fields, whatever a call passes in ``extra=``, and ``exc_info`` with 
 
 Access log. ``access_middleware`` logs one line per HTTP request on ``orgcast.access`` at INFO:
 ``method``, ``route`` (the route's template, ``/api/v1/tenants/{slug}``, never the raw path, so
-neither ids nor secrets in paths reach the log), ``status`` and ``latency_ms``; it also binds
+neither ids nor secrets in paths reach the log), ``status`` and ``latency_ms`` (a websocket's line
+is written when it closes, with status 101 and the connection's lifetime); it also binds
 ``request_id`` (a sane incoming ``X-Request-ID``, else a fresh one), echoed in the response.
 aiohttp's own access logger is off. ``log.access = false`` silences the lines.
 
@@ -69,10 +70,9 @@ access_log = logging.getLogger("orgcast.access")
 def bind(**fields: str | None) -> Token[dict[str, str] | None]:
     """Add fields to this task's log context (``None`` values are skipped); see ``unbind``."""
     current = _context.get()
-    merged = dict(current) if current else {}
-    for key, value in fields.items():
-        if value is not None:
-            merged[key] = value
+    merged: dict[str, Any] = {**current, **fields} if current else fields
+    if None in merged.values():
+        merged = {key: value for key, value in merged.items() if value is not None}
     return _context.set(merged)
 
 

@@ -56,7 +56,9 @@ Series (``orgcast_`` prefix; T = has the ``tenant`` label):
 plus ``process_*`` (CPU seconds, resident memory, open fds, start time) and ``python_gc_*``
 (collections, collected and uncollectable objects per generation) from ``prometheus_client``.
 
-How other code counts (each is a method of ``Metrics``; ``app[METRICS]`` or ``Services.metrics``):
+How other code counts. The app's instance is ``app[orgcast.state.METRICS]``, built by
+``create_app`` before anything else: pass it to your service's constructor (as ``MessageService``
+and ``Realtime`` get it). Each call below is a method of ``Metrics``, a no-op on ``NullMetrics``:
 
 - webhook worker: ``metrics.webhook_delivery(slug, result, seconds)`` after each POST (``result``
   one of ``WEBHOOK_RESULTS``), and ``metrics.webhook_queue(backlog, oldest_pending_seconds)`` each
@@ -95,13 +97,6 @@ ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-def event_label(event: str, ephemeral: bool = False) -> str:
-    """The bounded ``event`` label of a client event name (names are client-controlled)."""
-    if event in STANDARD_EVENTS:
-        return event
-    return "ephemeral" if ephemeral else "other"
 
 
 class Histogram:
@@ -203,8 +198,8 @@ class Metrics:
         self.refusals[code] = self.refusals.get(code, 0) + 1
 
     def event(self, slug: str | None, event: str, result: str, seconds: float) -> None:
-        """One client event answered: ``event`` from ``event_label``, ``result`` ``ok`` or the
-        ack's error code; ``slug`` None for a socket that was never admitted."""
+        """One client event answered: ``event`` a bounded label (the table above), ``result``
+        ``ok`` or the ack's error code; ``slug`` None for a socket that was never admitted."""
         if slug is not None:
             events = self.tenant(slug).events
             key = (event, result)
