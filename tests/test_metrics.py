@@ -389,7 +389,7 @@ async def test_redis_up_is_1_on_a_node_with_redis(
 
 
 @pytest.mark.postgres
-async def test_metrics_still_answer_with_database_up_0_while_the_database_refuses(
+async def test_metrics_answer_with_database_up_0_and_count_errors_while_the_database_refuses(
     pg_database: str, pg_server: str, tmp_path: Path
 ) -> None:
     settings = node_settings(pg_database, tmp_path, metrics=MetricsSettings())
@@ -408,6 +408,10 @@ async def test_metrics_still_answer_with_database_up_0_while_the_database_refuse
             assert samples["orgcast_database_up"] == 0
             assert "orgcast_tenants{status=active}" not in samples
             assert samples["orgcast_connections{tenant=_other}"] == 0
+            assert samples["orgcast_database_errors_total"] == 0
+            status, body = await server.request("GET", TENANTS)
+            assert (status, body["error"]["code"]) == (503, "unavailable")
+            assert orgcast(await scrape(server))["orgcast_database_errors_total"] == 1
         finally:
             await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
             await connection.close()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import socketio
 
-from ..errors import BadRequest, OrgcastError, UnknownEvent
+from ..errors import BadRequest, DatabaseUnavailable, OrgcastError, UnknownEvent
 from ..logs import bind, unbind
 from ..metrics import STANDARD_EVENTS, Metrics, NullMetrics
 from ..services.hub import Connection, Hub
@@ -77,6 +77,8 @@ class Handlers:
             conn = await self.hub().admit(namespace, sid, origin, auth)
         except OrgcastError as exc:
             self.metrics.refused(exc.code)
+            if isinstance(exc, DatabaseUnavailable):
+                self.metrics.database_error()
             log.debug("connect refused: %s", exc.code)
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_dict()) from None
         except Exception:
@@ -116,6 +118,8 @@ class Handlers:
             return await self._dispatch(hub, event, conn, keys, args)
         except OrgcastError as exc:
             result = exc.code
+            if isinstance(exc, DatabaseUnavailable):
+                self.metrics.database_error()
             return {"ok": False, "error": exc.to_dict()}
         except Exception:
             result = "internal"
