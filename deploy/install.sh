@@ -4,7 +4,7 @@
 #   PREFIX/app    the application tree: src/, migrations/, config/, tenants/
 #   PREFIX/venv   a virtualenv with orgcast (from PREFIX/app) and its dependencies
 #   PREFIX/bin/orgcast-start   deploy/start.sh, which runs a node from this install
-# Dependencies are pinned by the repository's constraints file when it has one.
+# Dependencies are pinned by requirements.lock (see the README's "Dependencies and the lock file").
 # Usage: deploy/install.sh PREFIX      (PYTHON=python3.12 chooses the interpreter)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,14 +20,7 @@ install -m 0755 "$repo/deploy/start.sh" "$prefix/bin/orgcast-start"
 
 "$python" -m venv "$prefix/venv"
 pip=("$prefix/venv/bin/python" -m pip --disable-pip-version-check)
-constraints=()
-for file in constraints.txt requirements.lock; do
-  if [ -f "$repo/$file" ]; then
-    constraints=(-c "$repo/$file")
-    break
-  fi
-done
 # Editable from PREFIX/app: the package finds its migrations/ and config/ beside src/.
-"${pip[@]}" install --quiet "${constraints[@]}" -e "$prefix/app"
+"${pip[@]}" install --quiet -c "$repo/requirements.lock" -e "$prefix/app"
 "$prefix/venv/bin/orgcast" --help >/dev/null
 echo "orgcast installed in $prefix (start: $prefix/bin/orgcast-start)"

@@ -131,6 +131,7 @@ def test_dockerfile_installs_by_script_into_a_slim_non_root_stage_with_a_healthc
     stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
     assert stages == ["python:${PYTHON_VERSION}-slim", "python:${PYTHON_VERSION}-slim"]
     assert "RUN ./deploy/install.sh /opt/orgcast" in text
+    assert "COPY pyproject.toml README.md requirements.lock ./" in text
     final = _final_stage(text)
     assert re.search(r"^USER orgcast$", final, re.MULTILINE)
     assert "useradd --system --uid 10001" in final
