@@ -76,15 +76,18 @@ class NodeProcess:
 
 
 class RedisProcess:
-    """A private redis-server on a free port, so a test may stop and restart it."""
+    """A private redis-server on a free port, so a test may stop and restart it. With
+    ``data_dir``, a restart keeps the data (as a failover to a replica does); without, Redis comes
+    back empty, as ``.ci/run`` starts it."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server")
         self.binary = binary
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -99,6 +102,7 @@ class RedisProcess:
                 "",
                 "--appendonly",
                 "no",
+                *(["--dir", str(self.data_dir)] if self.data_dir else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -114,13 +118,18 @@ class RedisProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            if self.data_dir is not None:
+                import redis
+
+                with redis.Redis(port=self.port, socket_timeout=10) as client:
+                    client.save()
             self.process.kill()
             self.process.wait(10)
 
 
 @contextlib.contextmanager
-def private_redis() -> Iterator[RedisProcess]:
-    server = RedisProcess()
+def private_redis(data_dir: Path | None = None) -> Iterator[RedisProcess]:
+    server = RedisProcess(data_dir)
     server.start()
     try:
         yield server
