@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import api
 from .errors import OrgcastError, SchemaBehind
@@ -166,9 +168,13 @@ def _redis_clients(settings: Settings) -> tuple[Redis | None, Redis | None]:
     for the control bus subscription (no read timeout: it waits on an idle channel)."""
     if not settings.redis.url:
         return None, None
+    # A failed command is retried once, on a fresh connection (after a restart or a failover the
+    # pooled ones fail their first command), then the caller falls back at once: redis-py's
+    # default would retry ten times with back-off, holding events for seconds.
     commands = Redis.from_url(
-        settings.redis.url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
-    )
+        settings.redis.url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2,
+        retry=Retry(NoBackoff(), 1),
+    )  # fmt: skip
     listener = Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=1)
     return commands, listener
 

@@ -12,13 +12,23 @@ Layout (``P`` is ``<redis.channel>``):
 
 A node that dies therefore leaves presence (with ``leave`` events) within about 4/3 of the TTL.
 Every node keeps a local mirror of its own sockets: when Redis is unreachable, answers come from
-that mirror (this node's view only) instead of failing the event, and when Redis comes back empty
-(restarted) the heartbeat notices and writes the mirror back.
+that mirror (this node's view only) instead of failing the event.
+
+Redis restarts and failovers: the client retries a failed command once, on a fresh connection
+(a pooled connection to the old server fails its first command), before falling back to the
+mirror. A departure that could not be written is queued. While Redis is unreachable the heartbeat
+retries every ``DOWN_RETRY`` seconds; once it answers again, the node replays its queued
+departures and reconciles what Redis holds for it with its live sockets: entries of sockets that
+are gone are removed (with ``leave`` events), live ones missing are written back, connection
+counts are rewritten. The same reconciliation runs every ``SWEEP_EVERY`` heartbeats. After its own
+outage a node waits one TTL before taking other nodes for dead: their heartbeats may have lapsed
+in the same outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +38,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..failure_log import FailureLog
 from .presence import LocalPresence
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,8 @@ return 1
 """
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+DOWN_RETRY = 0.5  # seconds between heartbeats while Redis is unreachable
+SWEEP_EVERY = 18  # heartbeats between reconciliations (a minute at the default TTL)
 
 
 def _text(value: bytes | str) -> str:
@@ -89,8 +102,14 @@ class RedisPresence:
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._registered = False
-        self._warned_at = 0.0
-        self.errors = 0
+        self.errors = 0  # orgcast_redis_errors_total
+        self._failures = FailureLog(log, "Redis presence (answering from this node's view)")
+        self._down = False
+        # (tenant, room, sid) -> member: departures Redis has not heard of yet
+        self._departures: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._judge_after = 0.0
+        self._beats = 0
+        self._wake = asyncio.Event()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -109,22 +128,20 @@ class RedisPresence:
         except REDIS_ERRORS:
             return False
 
-    def _degraded(self, what: str) -> None:
-        # One warning per ten seconds is enough to say Redis is gone; the mirror answers meanwhile.
-        self.errors += 1  # orgcast_redis_errors_total
-        now = time.monotonic()
-        if now - self._warned_at > 10:
-            self._warned_at = now
-            log.warning("Redis unreachable during %s: answering from this node's view", what)
+    def _degraded(self, what: str, error: BaseException) -> None:
+        self.errors += 1
+        self._down = True
+        self._failures.failed(f"{what}: {error.__class__.__name__}: {error}")
 
     # -- presence -----------------------------------------------------------------------------
 
     async def join(self, tenant: str, room: str, sid: str, member: dict[str, str]) -> bool:
         first_here = await self.local.join(tenant, room, sid, member)
+        self._departures.pop((tenant, room, sid), None)
         try:
             return bool(await self._join_remote(tenant, room, sid, member))
-        except REDIS_ERRORS:
-            self._degraded("join")
+        except REDIS_ERRORS as exc:
+            self._degraded("join", exc)
             return first_here
 
     async def _join_remote(self, tenant: str, room: str, sid: str, member: dict[str, str]) -> Any:
@@ -134,19 +151,21 @@ class RedisPresence:
         return await self._join(keys=keys, args=args)
 
     async def leave(self, tenant: str, room: str, sid: str, user_id: str) -> bool:
+        member = self.local.member(tenant, room, user_id) or {"id": user_id, "name": user_id}
         last_here = await self.local.leave(tenant, room, sid, user_id)
         try:
             keys = self._room_keys(tenant, room)
             return bool(await self._leave(keys=keys, args=[self._field(sid), user_id, room]))
-        except REDIS_ERRORS:
-            self._degraded("leave")
+        except REDIS_ERRORS as exc:
+            self._degraded("leave", exc)
+            self._departures[(tenant, room, sid)] = member  # replayed when Redis answers
             return last_here
 
     async def members(self, tenant: str, room: str) -> list[dict[str, str]]:
         try:
             values = await self._redis.hvals(self._room_keys(tenant, room)[0])
-        except REDIS_ERRORS:
-            self._degraded("members")
+        except REDIS_ERRORS as exc:
+            self._degraded("members", exc)
             return await self.local.members(tenant, room)
         unique: dict[str, dict[str, str]] = {}
         for value in values:
@@ -161,8 +180,8 @@ class RedisPresence:
                 for name in names:
                     pipe.hlen(self._room_keys(tenant, name)[1])
                 counts = await pipe.execute()
-        except REDIS_ERRORS:
-            self._degraded("rooms")
+        except REDIS_ERRORS as exc:
+            self._degraded("rooms", exc)
             return await self.local.rooms(tenant)
         return {name: count for name, count in zip(names, counts, strict=True) if count}
 
@@ -175,8 +194,8 @@ class RedisPresence:
         try:
             keys = [f"{self._p}:conns:{tenant}", f"{self._p}:nodeconns:{self.node_id}"]
             admitted = bool(await self._acquire(keys=keys, args=[self.node_id, limit, tenant]))
-        except REDIS_ERRORS:
-            self._degraded("connect")
+        except REDIS_ERRORS as exc:
+            self._degraded("connect", exc)
             return await self.local.acquire(tenant, limit)
         if admitted:  # mirrored without a limit: Redis already applied the cluster-wide one
             await self.local.acquire(tenant, limit=2**62)
@@ -186,46 +205,102 @@ class RedisPresence:
         await self.local.release(tenant)
         try:
             await self._release(keys=[f"{self._p}:conns:{tenant}"], args=[self.node_id])
-        except REDIS_ERRORS:
-            self._degraded("disconnect")
+        except REDIS_ERRORS as exc:
+            self._degraded("disconnect", exc)  # the count is rewritten when Redis answers
 
     async def connections(self, tenant: str) -> int:
         try:
             values = await self._redis.hvals(f"{self._p}:conns:{tenant}")
-        except REDIS_ERRORS:
+        except REDIS_ERRORS as exc:
+            self._degraded("connections", exc)
             return await self.local.connections(tenant)
         return sum(int(v) for v in values)
 
     # -- liveness -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Renew this node's heartbeat and sweep dead nodes, every third of the TTL; forever."""
+        """Renew this node's heartbeat and sweep dead nodes, every third of the TTL (every
+        ``DOWN_RETRY`` seconds while Redis is unreachable); forever."""
         while True:
             try:
                 await self.heartbeat()
-            except REDIS_ERRORS:
-                self._degraded("heartbeat")
-            await asyncio.sleep(self._ttl / 3)
+            except REDIS_ERRORS as exc:
+                self._degraded("heartbeat", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DOWN_RETRY if self._down else self._ttl / 3):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def link_lost(self) -> None:
+        """Another connection to Redis saw it go away: treat it as down and beat at once (the
+        reconciliation then runs as soon as Redis answers)."""
+        self._down = True
+        self._wake.set()
 
     async def heartbeat(self) -> None:
         key = f"{self._p}:node:{self.node_id}"
         previous = await self._redis.set(key, "1", px=int(self._ttl * 1000), get=True)
         await self._redis.sadd(f"{self._p}:nodes", self.node_id)
-        if previous is None and self._registered:
-            await self._resync()
+        self._beats += 1
+        if self._down or (previous is None and self._registered):
+            # Back from an outage, or Redis lost our entries (restart, failover, lapsed beat).
+            await self.reconcile()
+            self._down = False
+            self._failures.ok()
+            self._judge_after = time.monotonic() + self._ttl
+        elif self._beats % SWEEP_EVERY == 0:
+            await self.reconcile()
         self._registered = True
+        if time.monotonic() < self._judge_after:
+            return  # the other nodes' heartbeats may have lapsed in the same outage
         for node in map(_text, await self._redis.smembers(f"{self._p}:nodes")):
             if node != self.node_id and not await self._redis.exists(f"{self._p}:node:{node}"):
                 await self.remove_node(node)
 
-    async def _resync(self) -> None:
-        """Redis lost our entries (restarted, or our heartbeat lapsed): write them back."""
-        log.warning("Redis lost this node's presence; re-registering it")
+    async def reconcile(self) -> None:
+        """Make what Redis holds for this node match its live sockets: replay the departures
+        queued while Redis was unreachable, remove entries of sockets that are gone, write back
+        live ones that are missing, rewrite the connection counts."""
+        for (tenant, room, sid), gone in list(self._departures.items()):
+            keys = self._room_keys(tenant, room)
+            if await self._leave(keys=keys, args=[self._field(sid), gone["id"], room]):
+                await self._on_leave(tenant, room, gone)
+            self._departures.pop((tenant, room, sid), None)
+        live: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
         for tenant, room, sid, member in self.local.entries():
-            await self._join_remote(tenant, room, sid, member)
+            live.setdefault((tenant, room), {})[self._field(sid)] = member
+        prefix = f"{self.node_id}:"
+        registered: set[tuple[str, str]] = set()
+        for index in await self._redis.smembers(f"{self._p}:nodekeys:{self.node_id}"):
+            tenant, room = json.loads(index)
+            registered.add((tenant, room))
+        removed = added = 0
+        for tenant, room in registered | set(live):
+            keys = self._room_keys(tenant, room)
+            here = live.get((tenant, room), {})
+            stored = await self._redis.hgetall(keys[0])
+            for raw, value in stored.items():
+                field = _text(raw)
+                if not field.startswith(prefix) or field in here:
+                    continue
+                member = json.loads(value)
+                sid = field[len(prefix) :]
+                if self.local.has_socket(tenant, room, member["id"], sid):
+                    continue  # joined since the snapshot
+                removed += 1
+                if await self._leave(keys=keys, args=[field, member["id"], room]):
+                    await self._on_leave(tenant, room, member)
+            for field, member in here.items():
+                sid = field[len(prefix) :]
+                if field not in stored and self.local.has_socket(tenant, room, member["id"], sid):
+                    added += 1
+                    await self._join_remote(tenant, room, sid, member)
         for tenant, count in self.local.connection_counts().items():
             await self._redis.hset(f"{self._p}:conns:{tenant}", self.node_id, count)
             await self._redis.sadd(f"{self._p}:nodeconns:{self.node_id}", tenant)
+        if removed or added:
+            log.warning("presence reconciled with Redis: %d stale entries removed, %d written "
+                        "back", removed, added)  # fmt: skip
 
     async def remove_node(self, node: str) -> None:
         """Take a dead node's sockets out of presence and connection counts."""

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..failure_log import FailureLog
+
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[str], Awaitable[None]]
@@ -28,6 +30,7 @@ class ControlBus:
         self._subscribers: list[Subscriber] = []
         self._redis: Any = None
         self._channel = ""
+        self._failures = FailureLog(log, "control bus: Redis subscription")
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -59,13 +62,14 @@ class ControlBus:
                     await pubsub.subscribe(self._channel)
                     if ready is not None:
                         ready.set()
+                    self._failures.ok()
                     await self.deliver_local("*")  # anything may have changed while we were away
                     async for message in pubsub.listen():
                         await self._on_message(message)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("control bus: Redis connection lost; retrying in 1s")
+            except Exception as exc:
+                self._failures.failed(exc)  # retried every second, logged once per interval
                 await asyncio.sleep(1)
 
     async def _on_message(self, message: dict[str, Any]) -> None:

@@ -81,6 +81,14 @@ class LocalPresence:
     async def connections(self, tenant: str) -> int:
         return self._connections.get(tenant, 0)
 
+    def member(self, tenant: str, room: str, user_id: str) -> dict[str, str] | None:
+        entry = self._rooms.get(tenant, {}).get(room, {}).get(user_id)
+        return None if entry is None else entry[0]
+
+    def has_socket(self, tenant: str, room: str, user_id: str, sid: str) -> bool:
+        entry = self._rooms.get(tenant, {}).get(room, {}).get(user_id)
+        return entry is not None and sid in entry[1]
+
     def entries(self) -> list[tuple[str, str, str, dict[str, str]]]:
         """Every (tenant, room, sid, member) this node holds, to re-register after a Redis loss."""
         return [
