@@ -7,6 +7,8 @@ instead of the orjson codec, and decodes every stored body per packet as before 
 ``ORGCAST_BENCH_STORE=statements`` stores a PostgreSQL batch as before the one-statement write:
 a transaction with a room upsert and a message insert. ``ORGCAST_BENCH_POLL=library`` leaves the
 engine's own ``AsyncSocket.poll`` (a task per wake-up) on every socket.
+``ORGCAST_BENCH_ORDERING=off`` sends stored messages straight to the room, without ordered
+delivery's per-room state (the cost of DESIGN §11 on one node).
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -46,6 +48,24 @@ def _store_statements() -> None:
     messages.sqlite_insert = pg_insert  # type: ignore[assignment]
 
 
+def _unordered() -> None:
+    from orgcast.services.ordering import OrderedDelivery
+
+    def deliver(self: Any, tenant: str, row: Any, skip: Any = None) -> None:
+        self._outlet.to_room(tenant, row, skip)
+
+    def deliver_own(self: Any, tenant: str, row: Any, sid: str) -> None:
+        self._outlet.to_room(tenant, row, sid)
+
+    def nothing(self: Any, *args: Any) -> None:
+        return None
+
+    OrderedDelivery.deliver = deliver  # type: ignore[method-assign]
+    OrderedDelivery.deliver_own = deliver_own  # type: ignore[method-assign,assignment]
+    for name in ("joining", "joined", "left", "sending", "sent"):
+        setattr(OrderedDelivery, name, nothing)
+
+
 def main() -> int:
     if os.environ.get("ORGCAST_BENCH_CODEC") == "stdlib":
         _stdlib_codec()
@@ -55,6 +75,8 @@ def main() -> int:
         from orgcast.realtime import patches
 
         patches.fast_poll = lambda socket: None
+    if os.environ.get("ORGCAST_BENCH_ORDERING") == "off":
+        _unordered()
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])

@@ -136,6 +136,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
                 RetentionTask(tenants, messages, settings).run(), name="orgcast-retention"
             ),
         ]
+        tasks.append(asyncio.create_task(hub.ordering.run(), name="orgcast-ordering"))
         if isinstance(hub.presence, RedisPresence):
             tasks.append(asyncio.create_task(hub.presence.run(), name="orgcast-heartbeat"))
         if listener is not None:

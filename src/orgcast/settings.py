@@ -107,6 +107,8 @@ class MessagesSettings(Section):
     queue_max: int = Field(10_000, ge=1)
     retention_interval_seconds: float = Field(3600, gt=0)
     retention_batch: int = Field(5000, ge=1)
+    gap_wait_ms: float = Field(200, ge=0, le=60_000)
+    gap_poll_seconds: float = Field(1.0, gt=0, le=3600)
 
 
 class MetricsSettings(Section):

@@ -17,6 +17,8 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    ``socket.queue``/``socket.closed``. Also gives volatile emits (ephemeral events), dropped for a
    recipient more than ``VOLATILE_BACKLOG`` packets behind. The library manager instead
    (``server.direct_fanout = false``, the one real A/B setting): fan-out 0.34x, p99 143 vs 43 ms.
+   Its loop is ``DirectFanout.put``, which never suspends: ordered delivery (services/ordering.py)
+   relies on a message being on every recipient's queue before the next one is handled.
 3. ``_poll`` (``fast_poll``, replaces ``socket.poll`` per admitted socket): the same contract as
    ``engineio.AsyncSocket.poll`` without an ``asyncio.wait_for`` task per wake-up (19 % of server
    samples in fan-out). Fan-out +12-26 % per CPU-second, half-saturation p99 88-95 -> 35-43 ms.
@@ -28,12 +30,27 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    transports at shutdown without draining, and the Redis manager's ``thread``/``pubsub``/
    ``redis`` attributes, which ``sio.shutdown()`` leaves running (shutdown 25 s -> 0 s for a
    long-polling client).
+6. ``ClusterRedisManager`` (overrides the Redis manager's ``_redis_listen_with_retries``,
+   ``_publish`` and ``_handle_emit``, and replaces its ``redis``/``pubsub`` clients): its own
+   subscription loop with a 0.1 s doubling to 2 s back-off that reports each loss and return
+   (the library's waits 1 s doubling to 60 s, silently), publishing with one retry on a fresh
+   connection and failures logged once per interval, stored messages published from a queue in
+   one pipelined round trip (the ack no longer waits for Redis) and handed to ordered delivery
+   on arrival. Correctness (DESIGN §11): a Redis outage cost ~9,200 live deliveries per 6 s and up
+   to a minute of silence after it; see RESULTS.md "Faults". Also relied on:
+   ``AsyncServer._handle_event_internal`` queues an event's ack in the same step as its handler
+   returns (ordered delivery releases a joining or sending socket right after, with
+   ``call_soon``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import logging
 import types
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import socketio
@@ -41,7 +58,22 @@ from aiohttp import web
 from engineio import exceptions as engine_exceptions
 from engineio import packet as engine_packet
 from engineio.async_drivers import aiohttp as engine_aiohttp
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from socketio import packet as socket_packet
+
+from ..failure_log import FailureLog
+
+log = logging.getLogger(__name__)
+
+# The subscription's reconnect back-off: from LISTEN_RETRY_MIN, doubling, at most LISTEN_RETRY_MAX.
+LISTEN_RETRY_MIN = 0.1
+LISTEN_RETRY_MAX = 2.0
+# Stored messages waiting to be published to the other nodes, at most.
+OUTBOX_MAX = 10_000
 
 # -- 1. the websocket class -------------------------------------------------------------------
 
@@ -134,7 +166,19 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                callback=callback, to=to, **kwargs)  # fmt: skip
             return
-        room = to or room
+        self.put(event, data, namespace, to or room, skip_sid, volatile)
+
+    def put(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: str | None,
+        skip_sid: Any = None,
+        volatile: bool = False,
+    ) -> None:
+        """``emit`` to this process's sockets, without suspending: when this returns, every
+        recipient's queue holds the packet (ordered delivery relies on it)."""
         if namespace not in self.rooms:
             return
         if isinstance(data, tuple):
@@ -168,10 +212,164 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
             self.delivered[namespace] = self.delivered.get(namespace, 0) + handed
 
 
+# -- 6. the Redis manager: own reconnect, publishing off the ack path, ordered messages ------------
+
+
+class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    """python-socketio's Redis manager, with three changes for a cluster that must not go quiet:
+
+    - The subscription reconnects on its own schedule, 0.1 s doubling to 2 s (the library's
+      listener waits 1 s doubling to 60 s, so a long outage meant up to a minute of silence
+      after Redis returned), and reports each loss and return through ``on_link``: ordered
+      delivery polls the database meanwhile and makes one repair pass when it is back.
+    - Publishing retries once on a fresh connection, then gives up quietly: repeated failures
+      are logged once per interval with a count (the library logged two errors per message).
+    - Stored messages travel as ``ordered`` emits and are handed to ``on_ordered`` (ordered
+      delivery) instead of being emitted as they arrive.
+
+    The Redis clients retry nothing themselves (redis-py's default would retry a command ten
+    times with back-off, and reconnect a subscription silently, losing what was published
+    meanwhile without anyone knowing).
+    """
+
+    on_ordered: Callable[[str, str, Any, Any], None] | None = None
+    on_link: Callable[[bool], None] | None = None
+    redis: Redis | None
+    pubsub: PubSub | None
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__(url, channel=channel)
+        self._listen_client: Redis | None = None
+        self._outbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._outbox_ready = asyncio.Event()
+        self._publisher: asyncio.Future[None] | None = None
+        self._publish_failures = FailureLog(log, "publishing to Redis")
+        self._listen_failures = FailureLog(log, "subscribing to Redis")
+
+    def _client(self, **options: Any) -> Redis:
+        return Redis.from_url(self.redis_url, retry=Retry(NoBackoff(), 1),
+                              socket_connect_timeout=1, **options)  # fmt: skip
+
+    async def _publish(self, data: Any) -> None:
+        if self.redis is None:
+            self.redis = self._client(socket_timeout=2)
+        try:
+            await self.redis.publish(self.channel, self.json.dumps(data))
+        except (RedisError, OSError) as exc:
+            self._publish_failures.failed(exc)
+        else:
+            self._publish_failures.ok()
+
+    def publish_ordered(self, namespace: str, room: str, message: Any, skip: Any) -> None:
+        """Send a stored message to the other nodes (this node delivers it itself). Queued, in
+        order, for a task that publishes whatever is waiting in one round trip: the sender's ack
+        never waits for Redis, and a Redis outage costs the message path nothing."""
+        if len(self._outbox) >= OUTBOX_MAX:
+            # Redis is far behind: the oldest go unpublished (the other nodes' gap repair reads
+            # them from the database).
+            self._outbox.popleft()
+            self._publish_failures.failed("outbox full; dropped the oldest message")
+        self._outbox.append(
+            {
+                "method": "emit",
+                "event": "message",
+                "data": [message],
+                "binary": False,
+                "namespace": namespace,
+                "room": room,
+                "skip_sid": skip,
+                "callback": None,
+                "host_id": self.host_id,
+                "ordered": True,
+            }
+        )
+        self._outbox_ready.set()
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.ensure_future(self._publish_outbox())
+
+    async def _publish_outbox(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(256, len(self._outbox)))]
+                if self.redis is None:
+                    self.redis = self._client(socket_timeout=2)
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for data in batch:
+                            pipe.publish(self.channel, self.json.dumps(data))
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    self._publish_failures.failed(exc)
+                except Exception:
+                    log.exception("publishing %d messages to Redis failed", len(batch))
+                else:
+                    self._publish_failures.ok()
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("ordered") and self.on_ordered is not None:
+            (data,) = message["data"]
+            self.on_ordered(message.get("namespace") or "/", message.get("room") or "", data,
+                            message.get("skip_sid"))  # fmt: skip
+            return
+        await super()._handle_emit(message)
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        delay = LISTEN_RETRY_MIN
+        while True:
+            await self._close_listener()
+            self._listen_client = self._client()
+            self.pubsub = self._listen_client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await self.pubsub.subscribe(self.channel)
+            except (RedisError, OSError) as exc:
+                self._listen_failures.failed(exc)
+                self._link(False)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_RETRY_MAX)
+                continue
+            delay = LISTEN_RETRY_MIN
+            self._listen_failures.ok()
+            self._link(True)
+            try:
+                async for message in self.pubsub.listen():
+                    yield message
+            except (RedisError, OSError) as exc:
+                self._listen_failures.failed(exc)
+                self._link(False)
+
+    def _link(self, up: bool) -> None:
+        if self.on_link is not None:
+            self.on_link(up)
+
+    async def _close_listener(self) -> None:
+        for connection in (self.pubsub, self._listen_client):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.aclose()
+        self.pubsub = None
+        self._listen_client = None
+
+    async def close(self) -> None:
+        """End the listener task and close every connection (``sio.shutdown`` leaves them)."""
+        listener = getattr(self, "thread", None)
+        for task in (listener, self._publisher):
+            if isinstance(task, asyncio.Future):
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._publisher = None
+        await self._close_listener()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+            self.redis = None
+
+
 # -- 4. volatile across nodes --------------------------------------------------------------------
 
 
-class DirectFanoutRedis(socketio.AsyncRedisManager, DirectFanout):  # type: ignore[misc]
+class DirectFanoutRedis(ClusterRedisManager, DirectFanout):
     """The Redis manager, delivering its local share through ``DirectFanout.emit``; a volatile
     emit stays volatile on every node (the flag travels in the pub/sub message)."""
 
@@ -237,11 +435,24 @@ async def close_transports(sio: socketio.AsyncServer) -> None:
 
 async def stop_manager(sio: socketio.AsyncServer) -> None:
     """The Redis manager's listener task and connections outlive ``sio.shutdown()``."""
-    listener = getattr(sio.manager, "thread", None)
-    if isinstance(listener, asyncio.Task):
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-    for name in ("pubsub", "redis"):
-        connection = getattr(sio.manager, name, None)
-        if connection is not None:
-            await connection.aclose()
+    if isinstance(sio.manager, ClusterRedisManager):
+        await sio.manager.close()
+
+
+def deliver_local(
+    manager: socketio.AsyncManager, event: str, data: Any, namespace: str, room: str, skip: Any
+) -> None:
+    """Emit to this process's sockets only, in call order, without suspending the caller."""
+    if isinstance(manager, DirectFanout):
+        manager.put(event, data, namespace, room, skip)
+        return
+    # The library's managers (the A/B variant without direct fan-out): a task, started in order.
+    extra = {"ignore_queue": True} if isinstance(manager, socketio.AsyncPubSubManager) else {}
+    task = asyncio.ensure_future(
+        manager.emit(event, data, namespace=namespace, room=room, skip_sid=skip, **extra)
+    )
+    _emitting.add(task)
+    task.add_done_callback(_emitting.discard)
+
+
+_emitting: set[asyncio.Future[None]] = set()

@@ -39,10 +39,12 @@ class Realtime:
         direct = settings.server.direct_fanout
         manager: socketio.AsyncManager
         if settings.redis.url:
-            redis_manager = patches.DirectFanoutRedis if direct else socketio.AsyncRedisManager
+            redis_manager = patches.DirectFanoutRedis if direct else patches.ClusterRedisManager
             manager = redis_manager(
                 settings.redis.url, channel=f"{settings.redis.channel}:socketio"
             )
+            manager.on_ordered = self._on_ordered
+            manager.on_link = self._on_link
         else:
             manager = patches.DirectFanout() if direct else socketio.AsyncManager()
         # Deliveries are counted by the direct fan-out only (python-socketio's own path has no
@@ -98,14 +100,35 @@ class Realtime:
 
     # -- Broadcaster ------------------------------------------------------------------------------
 
-    async def emit_message(self, slug: str, row: StoredRow, skip_sid: str | None) -> None:
-        await self.sio.emit(
-            "message",
-            wire(row, raw_json),
-            room=ROOM_PREFIX + row.room,
-            skip_sid=skip_sid,
-            namespace="/" + slug,
-        )
+    def to_room(self, slug: str, row: StoredRow, skip: str | list[str] | None) -> None:
+        """A stored message to this node's sockets in its room (ordered delivery calls this)."""
+        patches.deliver_local(self.sio.manager, "message", wire(row, raw_json), "/" + slug,
+                              room_key(row.room), skip)  # fmt: skip
+
+    def to_socket(self, slug: str, sid: str, row: StoredRow) -> None:
+        patches.deliver_local(self.sio.manager, "message", wire(row, raw_json), "/" + slug,
+                              sid, None)  # fmt: skip
+
+    def to_other_nodes(self, slug: str, row: StoredRow, skip_sid: str | None) -> None:
+        """Queue a stored message for the other nodes (nothing to do on a single node)."""
+        manager = self.sio.manager
+        if isinstance(manager, patches.ClusterRedisManager):
+            manager.publish_ordered("/" + slug, room_key(row.room), _fields(row), skip_sid)
+
+    def _on_ordered(self, namespace: str, room: str, fields: Any, skip: Any) -> None:
+        """A stored message from another node: the row's fields, its body still JSON text."""
+        hub = self._hub
+        try:
+            row = StoredRow(*fields)
+        except TypeError:
+            return
+        if hub is not None and isinstance(row.seq, int) and isinstance(row.body, str):
+            hub.ordering.deliver(namespace[1:], row, skip if isinstance(skip, str) else None)
+
+    def _on_link(self, up: bool) -> None:
+        """The subscription to the other nodes was lost (or is back)."""
+        if self._hub is not None:
+            self._hub.link_changed(up)
 
     async def emit_presence(
         self, slug: str, room: str, action: str, member: dict[str, str], skip_sid: str | None
@@ -154,3 +177,9 @@ class Realtime:
 
     def local_connections(self, slug: str) -> int:
         return patches.namespace_connections(self.sio, "/" + slug)
+
+
+def _fields(row: StoredRow) -> list[Any]:
+    """A stored row as it travels to the other nodes (the body stays JSON text)."""
+    return [row.id, row.room, row.seq, row.ts, row.sender_id, row.sender_name, row.body,
+            row.client_id]  # fmt: skip

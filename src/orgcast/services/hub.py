@@ -16,13 +16,15 @@ Where later features attach, without touching a transport: register a ``HubListe
 - ``on_disconnected(conn)``      a socket is gone; its rooms are left and its slot given back
 
 Ordering: ``send`` hands the message to the writer before it first suspends, so messages of one
-socket are stored in the order they arrived. ``join`` enters the room before it reads the log, so
-a message stored meanwhile is in ``missed`` or broadcast (possibly both: clients de-duplicate by
-``seq``), never lost.
+socket are stored in the order they arrived. Stored messages reach this node's sockets through
+``OrderedDelivery`` (services/ordering.py): in seq order, each once per socket, whichever node
+stored them; a sender is answered once its message went out here. ``join`` enters the room before
+it reads the log; what the room receives meanwhile follows the ack, above the ack's ``seq``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ from .control import ControlBus
 from .directory import TenantDirectory
 from .limits import TokenBucket
 from .messages import BodyDecoder, MessageService, NewMessage, StoredRow, encode_body
+from .ordering import OrderedDelivery
 from .presence import LocalPresence, Presence
 from .tenant_models import TenantKeys
 
@@ -82,7 +85,9 @@ class Broadcaster(Protocol):
     """How the Hub reaches sockets; ``realtime.server.Realtime`` implements it. ``slug`` names
     the tenant (its namespace), ``room`` a room name as clients know it."""
 
-    async def emit_message(self, slug: str, row: StoredRow, skip_sid: str | None) -> None: ...
+    def to_room(self, slug: str, row: StoredRow, skip: str | list[str] | None) -> None: ...
+    def to_socket(self, slug: str, sid: str, row: StoredRow) -> None: ...
+    def to_other_nodes(self, slug: str, row: StoredRow, skip_sid: str | None) -> None: ...
     async def emit_presence(
         self, slug: str, room: str, action: str, member: Member, skip_sid: str | None
     ) -> None: ...
@@ -134,6 +139,10 @@ class Hub:
         self._messages = messages
         self._out = broadcaster
         self._listeners: list[HubListener] = []
+        self.ordering = OrderedDelivery(settings.messages)
+        self.ordering.bind(broadcaster, messages.read_after, messages.last_seqs)
+        # How long a sender's ack waits for the messages before its own to go out.
+        self._own_wait = max(1.0, 5 * settings.messages.gap_wait_ms / 1000)
         self.presence: Presence
         if redis is not None:
             # Cluster-wide presence and connection slots.
@@ -152,8 +161,18 @@ class Hub:
         self._listeners.append(listener)
 
     async def close(self) -> None:
+        await self.ordering.close()
         if isinstance(self.presence, RedisPresence):
             await self.presence.close()
+
+    def link_changed(self, up: bool) -> None:
+        """The transport between nodes (Redis pub/sub) was lost or is back."""
+        if up:
+            self.ordering.link_up()
+            return
+        self.ordering.link_down()
+        if isinstance(self.presence, RedisPresence):
+            self.presence.link_lost()
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -222,14 +241,35 @@ class Hub:
         since: int | None,
         decode: BodyDecoder = json.loads,
     ) -> Joined:
-        """Enter ``room`` (once), then read its seq, or the messages after ``since``."""
+        """Enter ``room`` (once), then read its seq, or the messages after ``since``. The caller
+        answers right away (in the same step): live messages follow, above ``Joined.seq``."""
         self.check_room(conn, room)
+        new = room not in conn.rooms
+        try:
+            joined = await self._join(conn, keys, room, since, decode)
+        except BaseException:
+            if new:
+                self.ordering.joined(conn.slug, room, conn.sid, None)
+            raise
+        if new:
+            self.ordering.joined(conn.slug, room, conn.sid, joined.seq)
+        return joined
+
+    async def _join(
+        self,
+        conn: Connection,
+        keys: TenantKeys,
+        room: str,
+        since: int | None,
+        decode: BodyDecoder,
+    ) -> Joined:
         if room not in conn.rooms:
             if len(conn.rooms) >= keys.limits.max_rooms_per_connection:
                 raise RoomLimit(
                     f"at most {keys.limits.max_rooms_per_connection} rooms per connection"
                 )
             conn.rooms.add(room)
+            self.ordering.joining(conn.slug, room, conn.tenant_id, conn.sid)
             await self._out.enter_room(conn.slug, conn.sid, room)
             member = conn.principal.member()
             if await self.presence.join(conn.slug, room, conn.sid, member):
@@ -251,6 +291,7 @@ class Hub:
 
     async def _leave(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
+        self.ordering.left(conn.slug, room, conn.sid)
         await self._out.leave_room(conn.slug, conn.sid, room)
         member = conn.principal.member()
         if await self.presence.leave(conn.slug, room, conn.sid, member["id"]):
@@ -281,12 +322,21 @@ class Hub:
     async def send(
         self, conn: Connection, keys: TenantKeys, room: str, body: Any, client_id: str | None
     ) -> StoredRow:
-        """A socket's message: only to a joined room; the sender does not get it back."""
+        """A socket's message: only to a joined room; the sender does not get it back. The
+        caller answers right away (in the same step): the ack follows the message in order."""
         self.require_joined(conn, room)
         principal = conn.principal
-        return await self.publish(
-            keys, room, principal.user_id, principal.name, body, client_id, skip_sid=conn.sid
-        )
+        encoded = encode_body(body, keys.limits.max_message_bytes)
+        # Announced until delivered: a copy read back from the database must not reach the
+        # sender before its own delivery, which knows to skip it.
+        sending = (principal.user_id, encoded)
+        self.ordering.sending(conn.slug, room, sending)
+        try:
+            return await self._publish(
+                keys, room, principal.user_id, principal.name, encoded, client_id, conn.sid
+            )
+        finally:
+            self.ordering.sent(conn.slug, room, sending, conn.sid)
 
     async def publish(
         self,
@@ -300,21 +350,45 @@ class Hub:
         skip_sid: str | None = None,
     ) -> StoredRow:
         """The one store-then-broadcast path (socket ``message`` and REST publish). A resend of
-        a stored ``client_id`` returns the original (``duplicate``) and is not broadcast again.
+        a stored ``client_id`` returns the original (``duplicate``); it is broadcast again, since
+        its first attempt may have been stored but never sent (the database answered after the
+        connection broke), and ordered delivery drops it wherever it went out already.
         The writer answers a failed batch with ``Unavailable``."""
+        encoded = encode_body(body, keys.limits.max_message_bytes)
+        return await self._publish(keys, room, sender_id, sender_name, encoded, client_id, skip_sid)
+
+    async def _publish(
+        self,
+        keys: TenantKeys,
+        room: str,
+        sender_id: str,
+        sender_name: str | None,
+        encoded: str,
+        client_id: str | None,
+        skip_sid: str | None,
+    ) -> StoredRow:
         if not keys.tenant.active:
             raise TenantSuspended("the tenant is suspended; resume it to publish")
-        encoded = encode_body(body, keys.limits.max_message_bytes)
         row = await self._messages.send(
             NewMessage(keys.tenant.id, room, sender_id, sender_name, encoded, client_id)
         )
-        if not row.duplicate:
-            slug = keys.tenant.slug
-            await self._out.emit_message(slug, row, skip_sid)
-            if self._listeners:
-                rows = (row,)
-                for listener in self._listeners:
-                    await listener.on_stored(slug, rows)
+        slug = keys.tenant.slug
+        if skip_sid is None:
+            self.ordering.deliver(slug, row)
+            waiter = None
+        else:
+            waiter = self.ordering.deliver_own(slug, row, skip_sid)
+        self._out.to_other_nodes(slug, row, skip_sid)
+        if waiter is not None:
+            # The sender's ack follows its message: wait for what comes before it (bounded).
+            try:
+                await asyncio.wait_for(waiter, self._own_wait)
+            except TimeoutError:
+                self.ordering.disown(slug, room, row.seq)
+        if not row.duplicate and self._listeners:
+            rows = (row,)
+            for listener in self._listeners:
+                await listener.on_stored(slug, rows)
         return row
 
     async def history(

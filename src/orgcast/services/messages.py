@@ -241,6 +241,27 @@ class MessageService:
         return Replay(max(last_seq, rows[-1].seq if rows else 0), missed, truncated, expired)
 
     @db_boundary()
+    async def read_after(
+        self, tenant_id: int, room: str, after: int, limit: int
+    ) -> list[StoredRow]:
+        """Up to ``limit`` stored messages of a room with seq > ``after``, oldest first."""
+        async with self._autocommit() as session:
+            state = await store.room_state(session, tenant_id, room)
+            if state is None:
+                return []
+            rows = await store.message_range(
+                session, tenant_id, state[0], after_seq=after, before_seq=None,
+                limit=limit, newest_first=False,
+            )  # fmt: skip
+        return [_row(m, room) for m in rows]
+
+    @db_boundary()
+    async def last_seqs(self, tenant_id: int, rooms: list[str]) -> dict[str, int]:
+        """The last stored seq of each of ``rooms`` (those with messages)."""
+        async with self._autocommit() as session:
+            return await store.rooms_last_seq(session, tenant_id, rooms)
+
+    @db_boundary()
     async def history(
         self,
         tenant_id: int,

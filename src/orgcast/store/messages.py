@@ -33,6 +33,7 @@ __all__ = [
     "list_rooms",
     "message_range",
     "room_state",
+    "rooms_last_seq",
     "write_batch",
 ]
 
@@ -261,6 +262,16 @@ async def room_state(session: AsyncSession, tenant_id: int, room: str) -> tuple[
         )
     ).first()
     return None if row is None else (row[0], row[1])
+
+
+async def rooms_last_seq(
+    session: AsyncSession, tenant_id: int, rooms: Sequence[str]
+) -> dict[str, int]:
+    """The last stored seq of each named room that has messages (one query)."""
+    query = select(Room.name, Room.last_seq).where(
+        Room.tenant_id == tenant_id, Room.name.in_(rooms)
+    )
+    return {name: last for name, last in (await session.execute(query)).all()}
 
 
 async def message_range(

@@ -1,0 +1,133 @@
+"""Ordered live delivery (DESIGN §11) on a real node: gaps are repaired from the database, in
+order, and a socket never gets a seq twice; repeated failures are logged once per interval."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from orgcast.failure_log import FailureLog
+from orgcast.services.messages import NewMessage
+from orgcast.settings import MessagesSettings
+from orgcast.state import SERVICES
+from tests.support import Inbox, Server, eventually, node_settings, start_server
+
+
+async def _store_without_broadcast(server: Server, slug: str, room: str, body: str) -> int:
+    """What a node that died between its commit and its broadcast leaves behind."""
+    services = server.app[SERVICES]
+    tenant = await services.tenants.get(slug)
+    row = await services.messages.send(NewMessage(tenant.id, room, "ghost", None, body, None))
+    return row.seq
+
+
+async def test_a_message_stored_but_never_broadcast_is_delivered_live_before_the_next_one(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+    for client in (alice, bob):
+        assert (await client.call("join", {"room": "r"}, namespace=ns))["ok"]
+    inbox = Inbox(bob, "message", ns)
+
+    lost = await _store_without_broadcast(server, tenant.slug, "r", '"lost"')
+    ack = await alice.call("message", {"room": "r", "body": "next"}, namespace=ns)
+
+    first, second = await inbox.get(), await inbox.get()
+    assert (first["seq"], first["body"], first["sender"]["id"]) == (lost, "lost", "ghost")
+    assert (second["seq"], second["body"]) == (ack["seq"], "next") == (lost + 1, "next")
+    await inbox.expect_nothing()
+    assert server.app[SERVICES].hub.ordering.repaired == 1
+
+
+async def test_the_sender_never_gets_its_own_message_even_when_its_room_had_a_gap(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    assert (await alice.call("join", {"room": "r"}, namespace=ns))["ok"]
+    inbox = Inbox(alice, "message", ns)
+
+    lost = await _store_without_broadcast(server, tenant.slug, "r", "1")
+    ack = await alice.call("message", {"room": "r", "body": 2}, namespace=ns)
+
+    assert ack["seq"] == lost + 1
+    assert (await inbox.get())["seq"] == lost  # the gap, before the ack's seq
+    await inbox.expect_nothing()
+
+
+async def test_a_join_after_messages_gets_live_only_what_follows_its_ack_seq(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    assert (await alice.call("join", {"room": "r"}, namespace=ns))["ok"]
+    for n in range(3):
+        await alice.call("message", {"room": "r", "body": n}, namespace=ns)
+    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+    inbox = Inbox(bob, "message", ns)
+
+    joined = await bob.call("join", {"room": "r", "since": 1}, namespace=ns)
+    await alice.call("message", {"room": "r", "body": 3}, namespace=ns)
+
+    assert joined["seq"] == 3 and [m["seq"] for m in joined["missed"]] == [2, 3]
+    assert (await inbox.get())["seq"] == 4
+    await inbox.expect_nothing()
+
+
+async def test_rooms_without_members_on_the_node_hold_no_ordering_state(server: Server) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    ordering = server.app[SERVICES].hub.ordering
+    before = ordering.tracked_rooms()
+    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    for room in ("a", "b"):
+        assert (await alice.call("join", {"room": room}, namespace=ns))["ok"]
+    assert ordering.tracked_rooms() == before + 2
+    await alice.call("leave", {"room": "a"}, namespace=ns)
+    assert ordering.tracked_rooms() == before + 1
+    await alice.disconnect()
+
+    async def released() -> bool:
+        return ordering.tracked_rooms() == before
+
+    await eventually(released, within=5)
+
+
+def test_repeated_failures_are_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures = FailureLog(logging.getLogger("orgcast.test"), "publishing", interval=3600)
+    with caplog.at_level(logging.WARNING, logger="orgcast.test"):
+        for _ in range(1000):
+            failures.failed(ConnectionError("refused"))
+        failures.ok()
+        failures.ok()
+    assert [r.getMessage() for r in caplog.records] == [
+        "publishing failed: ConnectionError: refused",
+        "publishing works again after 1000 failures",
+    ]
+
+
+async def test_the_last_message_of_a_quiet_room_that_was_never_broadcast_is_delivered_live(
+    database_url: str, tmp_path: Path
+) -> None:
+    messages = MessagesSettings(retention_interval_seconds=3600, gap_poll_seconds=0.1)
+    async with start_server(node_settings(database_url, tmp_path, messages=messages)) as node:
+        tenant = await node.create_tenant()
+        ns = f"/{tenant.slug}"
+        bob = await node.connect(tenant.slug, await node.token(tenant.slug, "bob"))
+        assert (await bob.call("join", {"room": "quiet"}, namespace=ns))["ok"]
+        inbox = Inbox(bob, "message", ns)
+
+        lost = await _store_without_broadcast(node, tenant.slug, "quiet", '"tail"')
+
+        got = await inbox.get(within=10)
+        assert (got["seq"], got["body"]) == (lost, "tail")
+        await inbox.expect_nothing()
