@@ -325,6 +325,7 @@ class Hub:
         """A socket's message: only to a joined room; the sender does not get it back. The
         caller answers right away (in the same step): the ack follows the message in order."""
         self.require_joined(conn, room)
+        _require_active(keys)
         principal = conn.principal
         encoded = encode_body(body, keys.limits.max_message_bytes)
         # Announced until delivered: a copy read back from the database must not reach the
@@ -354,6 +355,7 @@ class Hub:
         its first attempt may have been stored but never sent (the database answered after the
         connection broke), and ordered delivery drops it wherever it went out already.
         The writer answers a failed batch with ``Unavailable``."""
+        _require_active(keys)
         encoded = encode_body(body, keys.limits.max_message_bytes)
         return await self._publish(keys, room, sender_id, sender_name, encoded, client_id, skip_sid)
 
@@ -367,8 +369,6 @@ class Hub:
         client_id: str | None,
         skip_sid: str | None,
     ) -> StoredRow:
-        if not keys.tenant.active:
-            raise TenantSuspended("the tenant is suspended; resume it to publish")
         row = await self._messages.send(
             NewMessage(keys.tenant.id, room, sender_id, sender_name, encoded, client_id)
         )
@@ -459,3 +459,8 @@ class Hub:
 
     async def room_members(self, slug: str) -> dict[str, int]:
         return await self.presence.rooms(slug)
+
+
+def _require_active(keys: TenantKeys) -> None:
+    if not keys.tenant.active:
+        raise TenantSuspended("the tenant is suspended; resume it to publish")
