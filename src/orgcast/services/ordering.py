@@ -24,7 +24,10 @@ own delivery, which knows the sender.
 Joining: a socket announced as ``joining`` gets nothing live while its join reads the log; what
 the room receives meanwhile is kept for it. ``joined`` with the seq its ack reports releases it
 right after the ack is queued: first what it missed while joining (above that seq), then live.
-A socket whose ack says seq N never gets seq <= N live.
+A socket whose ack says seq N never gets seq <= N live. A sender is kept the same way from the
+moment its own message goes out here until its ack is queued (``deliver_own``, ``sent``), so its
+ack keeps its place in the seq order of what it sees: the highest seq a client saw, acks
+included, is a safe ``join { since }``.
 
 Memory: state exists only for rooms with members on this node and goes with the last of them;
 held messages are bounded by ``HELD_MAX`` per room.
