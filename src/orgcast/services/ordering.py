@@ -247,9 +247,15 @@ class OrderedDelivery:
         if state is None or state.joining is None or sid not in state.joining:
             return
         if state.last == UNKNOWN and seq is not None:
+            # The room's first join: it starts after ``seq``. What arrived meanwhile up to
+            # ``seq`` is not this socket's, but may be another joining socket's (its read may
+            # have seen an older seq): kept for them, in order.
             state.last = seq
-            for stale in [s for s in state.held if s <= seq]:
-                del state.held[stale]
+            for early in sorted(s for s in state.held if s <= seq):
+                row, skip, _ = state.held.pop(early)
+                for other, kept in state.joining.items():
+                    if other != sid and other != skip:
+                        kept.append(row)
             self._drain(tenant, room, state)
         # After this task step, in which the transport queues the ack.
         asyncio.get_running_loop().call_soon(self._release, tenant, room, state, sid, seq)
