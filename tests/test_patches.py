@@ -150,8 +150,9 @@ def test_patch_4_overrides_a_pubsub_handler_and_message_of_an_unchanged_shape() 
     assert source_hash(manager._handle_emit) == "4284671be955f644", "patch 4: _handle_emit changed"
     redis_manager = socketio.AsyncRedisManager("redis://127.0.0.1:6379/0", write_only=True)
     assert isinstance(redis_manager.host_id, str)
-    assert [c.__name__ for c in patches.DirectFanoutRedis.__mro__[:4]] == [
-        "DirectFanoutRedis", "AsyncRedisManager", "AsyncPubSubManager", "DirectFanout",
+    assert [c.__name__ for c in patches.DirectFanoutRedis.__mro__[:5]] == [
+        "DirectFanoutRedis", "ClusterRedisManager", "AsyncRedisManager", "AsyncPubSubManager",
+        "DirectFanout",
     ]  # fmt: skip
 
 
@@ -175,4 +176,33 @@ def test_patch_5_reads_engine_sockets_and_the_redis_manager_connections() -> Non
     assert hasattr(redis_manager, "pubsub")
     assert "self.thread = self.server.start_background_task(" in inspect.getsource(
         async_pubsub_manager.AsyncPubSubManager.initialize
+    )
+
+
+# -- 6. the Redis manager: own reconnect, queued publishing, ordered messages ----------------------
+
+
+def test_patch_6_replaces_an_unchanged_listen_loop_and_publish() -> None:
+    manager = socketio.AsyncRedisManager
+    assert inspect.isasyncgenfunction(manager._redis_listen_with_retries)
+    assert source_hash(manager._redis_listen_with_retries) == "ad347f253fd3423a", (
+        "patch 6: the listener's retry loop changed"
+    )
+    assert source_hash(manager._listen) == "3e74fdd1084b4e13", "patch 6: _listen changed"
+    assert source_hash(manager._publish) == "033e4da7cc8768b4", "patch 6: _publish changed"
+    thread = async_pubsub_manager.AsyncPubSubManager._thread
+    assert source_hash(thread) == "fa8d075729aac64d", "patch 6: the pub/sub thread changed"
+    emit = inspect.getsource(async_pubsub_manager.AsyncPubSubManager.emit)
+    assert "kwargs.get('ignore_queue')" in emit  # deliver_local's "this node only"
+    manager_instance = patches.ClusterRedisManager("redis://127.0.0.1:1/0", channel="patch-6")
+    assert manager_instance.redis is None and manager_instance.pubsub is None
+
+
+def test_patch_6_an_event_ack_is_queued_in_the_step_its_handler_returns() -> None:
+    """Ordered delivery releases a joining or sending socket with ``call_soon`` right after its
+    handler returns: the ack must be on the socket's queue by then (nothing suspends between)."""
+    handler = socketio.AsyncServer._handle_event_internal
+    assert source_hash(handler) == "472e8b723a12d507", "patch 6: the ack path changed"
+    assert source_hash(engine_socket.AsyncSocket.send) == "0437276ccba7ab09", (
+        "patch 6: the engine socket's send changed"
     )
