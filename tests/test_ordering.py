@@ -1,14 +1,10 @@
 """Ordered live delivery (DESIGN §11) on a real node: gaps are repaired from the database, in
-order, and a socket never gets a seq twice; repeated failures are logged once per interval."""
+order, and a socket never gets a seq twice."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import pytest
-
-from orgcast.failure_log import FailureLog
 from orgcast.services.messages import NewMessage
 from orgcast.settings import MessagesSettings
 from orgcast.state import SERVICES
@@ -98,21 +94,6 @@ async def test_rooms_without_members_on_the_node_hold_no_ordering_state(server: 
         return ordering.tracked_rooms() == before
 
     await eventually(released, within=5)
-
-
-def test_repeated_failures_are_logged_once_per_interval_with_a_count(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    failures = FailureLog(logging.getLogger("orgcast.test"), "publishing", interval=3600)
-    with caplog.at_level(logging.WARNING, logger="orgcast.test"):
-        for _ in range(1000):
-            failures.failed(ConnectionError("refused"))
-        failures.ok()
-        failures.ok()
-    assert [r.getMessage() for r in caplog.records] == [
-        "publishing failed: ConnectionError: refused",
-        "publishing works again after 1000 failures",
-    ]
 
 
 async def test_the_last_message_of_a_quiet_room_that_was_never_broadcast_is_delivered_live(

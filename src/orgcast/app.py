@@ -111,6 +111,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         hub = Hub(settings, directory, messages, control, realtime, redis)
         if app[METRICS].enabled:
             hub.add_listener(HubMetrics(app[METRICS]))
+            hub.ordering.on_repair = app[METRICS].gap_repair
         services = Services(
             settings=settings,
             admin_token=token,

@@ -65,7 +65,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from socketio import packet as socket_packet
 
-from ..failure_log import FailureLog
+from ..logs import Repeated
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +243,8 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self._outbox: collections.deque[dict[str, Any]] = collections.deque()
         self._outbox_ready = asyncio.Event()
         self._publisher: asyncio.Future[None] | None = None
-        self._publish_failures = FailureLog(log, "publishing to Redis")
-        self._listen_failures = FailureLog(log, "subscribing to Redis")
+        self._publish_failures = Repeated(log, interval=10.0)
+        self._listen_failures = Repeated(log, interval=10.0)
 
     def _client(self, **options: Any) -> Redis:
         return Redis.from_url(self.redis_url, retry=Retry(NoBackoff(), 1),
@@ -256,9 +256,9 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         try:
             await self.redis.publish(self.channel, self.json.dumps(data))
         except (RedisError, OSError) as exc:
-            self._publish_failures.failed(exc)
+            self._publish_failures.warning("publishing to Redis failed: %s", exc)
         else:
-            self._publish_failures.ok()
+            self._publish_failures.recovered("publishing to Redis works again")
 
     def publish_ordered(self, namespace: str, room: str, message: Any, skip: Any) -> None:
         """Send a stored message to the other nodes (this node delivers it itself). Queued, in
@@ -268,7 +268,7 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             # Redis is far behind: the oldest go unpublished (the other nodes' gap repair reads
             # them from the database).
             self._outbox.popleft()
-            self._publish_failures.failed("outbox full; dropped the oldest message")
+            self._publish_failures.warning("publishing to Redis: outbox full, oldest dropped")
         self._outbox.append(
             {
                 "method": "emit",
@@ -301,11 +301,11 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                             pipe.publish(self.channel, self.json.dumps(data))
                         await pipe.execute()
                 except (RedisError, OSError) as exc:
-                    self._publish_failures.failed(exc)
+                    self._publish_failures.warning("publishing to Redis failed: %s", exc)
                 except Exception:
                     log.exception("publishing %d messages to Redis failed", len(batch))
                 else:
-                    self._publish_failures.ok()
+                    self._publish_failures.recovered("publishing to Redis works again")
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         if message.get("ordered") and self.on_ordered is not None:
@@ -324,19 +324,19 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             try:
                 await self.pubsub.subscribe(self.channel)
             except (RedisError, OSError) as exc:
-                self._listen_failures.failed(exc)
+                self._listen_failures.warning("subscribing to Redis failed: %s", exc)
                 self._link(False)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LISTEN_RETRY_MAX)
                 continue
             delay = LISTEN_RETRY_MIN
-            self._listen_failures.ok()
+            self._listen_failures.recovered("subscribed to Redis again")
             self._link(True)
             try:
                 async for message in self.pubsub.listen():
                     yield message
             except (RedisError, OSError) as exc:
-                self._listen_failures.failed(exc)
+                self._listen_failures.warning("subscribing to Redis failed: %s", exc)
                 self._link(False)
 
     def _link(self, up: bool) -> None:

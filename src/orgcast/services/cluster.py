@@ -38,7 +38,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..failure_log import FailureLog
+from ..logs import Repeated
 from .presence import LocalPresence
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class RedisPresence:
         self._release = redis.register_script(_RELEASE)
         self._registered = False
         self.errors = 0  # orgcast_redis_errors_total
-        self._failures = FailureLog(log, "Redis presence (answering from this node's view)")
+        self._failures = Repeated(log, interval=10.0)
         self._down = False
         # (tenant, room, sid) -> member: departures Redis has not heard of yet
         self._departures: dict[tuple[str, str, str], dict[str, str]] = {}
@@ -131,7 +131,10 @@ class RedisPresence:
     def _degraded(self, what: str, error: BaseException) -> None:
         self.errors += 1
         self._down = True
-        self._failures.failed(f"{what}: {error.__class__.__name__}: {error}")
+        self._failures.warning(
+            "Redis unreachable during %s, answering from this node's view: %s: %s",
+            what, error.__class__.__name__, error,
+        )  # fmt: skip
 
     # -- presence -----------------------------------------------------------------------------
 
@@ -246,7 +249,7 @@ class RedisPresence:
             # Back from an outage, or Redis lost our entries (restart, failover, lapsed beat).
             await self.reconcile()
             self._down = False
-            self._failures.ok()
+            self._failures.recovered("Redis answers presence commands again")
             self._judge_after = time.monotonic() + self._ttl
         elif self._beats % SWEEP_EVERY == 0:
             await self.reconcile()

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..failure_log import FailureLog
+from ..logs import Repeated
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ControlBus:
         self._subscribers: list[Subscriber] = []
         self._redis: Any = None
         self._channel = ""
-        self._failures = FailureLog(log, "control bus: Redis subscription")
+        self._failures = Repeated(log, interval=10.0)
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -62,14 +62,15 @@ class ControlBus:
                     await pubsub.subscribe(self._channel)
                     if ready is not None:
                         ready.set()
-                    self._failures.ok()
+                    self._failures.recovered("control bus: subscribed to Redis again")
                     await self.deliver_local("*")  # anything may have changed while we were away
                     async for message in pubsub.listen():
                         await self._on_message(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._failures.failed(exc)  # retried every second, logged once per interval
+                # Retried every second, logged once per interval.
+                self._failures.warning("control bus: Redis connection lost: %s", exc)
                 await asyncio.sleep(1)
 
     async def _on_message(self, message: dict[str, Any]) -> None:

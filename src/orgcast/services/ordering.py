@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import Unavailable
-from ..failure_log import FailureLog
+from ..logs import Repeated
 from ..settings import MessagesSettings
 from ..store.messages import StoredRow
 
@@ -99,8 +99,10 @@ class OrderedDelivery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._link_ok = True
         self._link_changed = asyncio.Event()
-        self._read_failures = FailureLog(log, "reading messages for ordered delivery")
+        self._read_failures = Repeated(log, interval=10.0)
         self.repaired = 0  # messages delivered from the database (gap repair or polling)
+        # Called once per read that delivered messages, with how many (orgcast_gap_repairs_total).
+        self.on_repair: Callable[[int], None] = lambda messages: None
         self.dropped = 0  # arrivals already delivered
 
     def bind(self, outlet: Outlet, read: Reader, last_seqs: LastSeqs) -> None:
@@ -366,18 +368,22 @@ class OrderedDelivery:
         try:
             rows = await self._read(state.tenant_id, room, after, limit)
         except Unavailable as exc:
-            self._read_failures.failed(exc)
+            self._read_failures.warning("ordered delivery cannot read messages: %s", exc)
             return None
-        self._read_failures.ok()
+        self._read_failures.recovered("ordered delivery reads messages again")
         return rows
 
     def _take(self, tenant: str, room: str, state: _Room, rows: list[StoredRow]) -> None:
         """Rows read back, in seq order: held (as read back), then delivered in order."""
+        taken = 0
         for row in rows:
             if row.seq <= state.last or row.seq in state.held:
                 continue
             state.held[row.seq] = (row, None, True)
-            self.repaired += 1
+            taken += 1
+        if taken:
+            self.repaired += taken
+            self.on_repair(taken)
         self._drain(tenant, room, state)
 
     async def catch_up(self) -> None:
@@ -406,7 +412,7 @@ class OrderedDelivery:
             try:
                 last = await self._last_seqs(tenant_id, [room for _, room, _ in rooms])
             except Unavailable as exc:
-                self._read_failures.failed(exc)
+                self._read_failures.warning("ordered delivery cannot read messages: %s", exc)
                 return
             for tenant, room, state in rooms:
                 if self._rooms.get((tenant, room)) is not state or last.get(room, 0) <= state.last:
