@@ -26,7 +26,9 @@ from tests.support import eventually_sync, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TABLES = ["api_keys", "messages", "rooms", "signing_keys", "tenants"]
+INITIAL_TABLES = ["api_keys", "messages", "rooms", "signing_keys", "tenants"]
+WEBHOOK_TABLES = ["webhook_deliveries", "webhook_endpoints", "webhook_events"]
+TABLES = sorted(INITIAL_TABLES + WEBHOOK_TABLES)
 HEAD = schema.head_revision()
 
 
@@ -100,6 +102,10 @@ def test_orgcast_db_upgrade_downgrade_and_current(empty_database: str, tmp_path:
     assert tables(empty_database) == TABLES
     assert current() == {"current": HEAD, "head": HEAD, "at_head": True}
 
+    # One step down removes the webhook tables and keeps the initial schema; the next empties it.
+    downgraded = run("orgcast", "db", "downgrade", url=empty_database, cwd=tmp_path)
+    assert downgraded.stdout == f"database at 0001; head is {HEAD}\n"
+    assert tables(empty_database) == INITIAL_TABLES
     downgraded = run("orgcast", "db", "downgrade", url=empty_database, cwd=tmp_path)
     assert downgraded.stdout == f"database at nothing (empty); head is {HEAD}\n"
     assert tables(empty_database) == []

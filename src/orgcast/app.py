@@ -2,7 +2,8 @@
 
 Nothing is created at import time. ``create_app(settings)`` wires the routes and the Socket.IO
 server; the database engine, the Redis connections and the background tasks (message writer,
-retention, control bus) start and stop in ``cleanup_ctx`` generators, in that order.
+retention, control bus) start and stop in ``cleanup_ctx`` generators, in that order, and the
+webhook delivery worker in one of its own after them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .realtime.server import Realtime
 from .services.admin import resolve_admin_token
 from .services.cluster import RedisPresence
 from .services.control import ControlBus
+from .services.deliveries import DeliveryWorker
 from .services.directory import TenantDirectory, TenantWatcher
 from .services.health import HealthService
 from .services.hub import Hub
@@ -32,8 +34,9 @@ from .services.hub_metrics import HubMetrics
 from .services.messages import MessageService
 from .services.retention import RetentionTask
 from .services.tenants import TenantService
+from .services.webhooks import WebhookService
 from .settings import Settings
-from .state import METRICS, REALTIME, SERVICES, SETTINGS, Services
+from .state import METRICS, REALTIME, SERVICES, SETTINGS, WEBHOOK_WORKER, Services
 from .store import schema
 from .store.engine import DB_ERRORS, create_autocommit_sessions, create_engine, create_sessions
 
@@ -61,6 +64,7 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     api.setup_routes(app)
     app.cleanup_ctx.append(_services_ctx(migrate))
     app.cleanup_ctx.append(_loop_lag_ctx)
+    app.cleanup_ctx.append(_webhook_worker_ctx)
     app.on_shutdown.append(_drain_messages)
     return app
 
@@ -102,8 +106,14 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         token, _ = resolve_admin_token(settings)
         control = ControlBus()
         tenants = TenantService(sessions, settings.limits, control)
+        webhooks = WebhookService(sessions, settings.webhooks, control)
+        await _load_webhooks(webhooks)
         messages = MessageService(
-            sessions, settings.messages, create_autocommit_sessions(engine), app[METRICS]
+            sessions,
+            settings.messages,
+            create_autocommit_sessions(engine),
+            app[METRICS],
+            outbox=webhooks,
         )
         directory = TenantDirectory(tenants, control)
         realtime = app[REALTIME]
@@ -121,6 +131,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             messages=messages,
             health=HealthService(engine),
             hub=hub,
+            webhooks=webhooks,
         )
         app[SERVICES] = services
         realtime.start(hub)
@@ -163,6 +174,34 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             await engine.dispose()
 
     return services_ctx
+
+
+async def _load_webhooks(webhooks: WebhookService) -> None:
+    try:
+        await webhooks.refresh()
+    except DB_ERRORS as exc:
+        raise StartupError(
+            f"database unreachable at start-up: {exc.__class__.__name__}: {exc}"
+        ) from None
+
+
+async def _webhook_worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The webhook delivery worker: claims due deliveries, on every node."""
+    services = app[SERVICES]
+    settings = app[SETTINGS]
+    worker = DeliveryWorker(
+        services.webhooks.sessions,
+        settings.webhooks,
+        services.webhooks,
+        settings.database.watch_interval_seconds,
+    )
+    app[WEBHOOK_WORKER] = worker
+    task = asyncio.create_task(worker.run(), name="orgcast-webhooks")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _redis_clients(settings: Settings) -> tuple[Redis | None, Redis | None]:

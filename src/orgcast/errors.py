@@ -22,11 +22,15 @@ handler into ``ConnectionRefusedError(code, {code, message})``.
     │   └── TenantSuspended     tenant_suspended     403
     ├── NotFound                not_found            404
     │   ├── TenantNotFound      tenant_not_found     404
-    │   └── KeyNotFound         key_not_found        404
+    │   ├── KeyNotFound         key_not_found        404
+    │   ├── WebhookNotFound     webhook_not_found    404
+    │   └── DeliveryNotFound    delivery_not_found   404
     ├── Conflict                conflict             409
-    │   └── TenantExists        tenant_exists        409
+    │   ├── TenantExists        tenant_exists        409
+    │   └── WebhookLimit        webhook_limit        409
     ├── TooLarge                too_large            413
     ├── Invalid                 validation_failed    422
+    │   └── TargetForbidden     target_forbidden     422
     ├── RateLimited             rate_limited         429
     │   └── ConnectionLimit     connection_limit     429
     ├── Unavailable             unavailable          503
@@ -266,3 +270,29 @@ class CommandError(OrgcastError):
 
     code = "failed"
     default_message = "the command failed"
+
+
+class WebhookNotFound(NotFound):
+    """No such webhook endpoint (or one of another tenant)."""
+
+    code = "webhook_not_found"
+    default_message = "no such webhook endpoint"
+
+
+class DeliveryNotFound(NotFound):
+    code = "delivery_not_found"
+    default_message = "no such delivery"
+
+
+class WebhookLimit(Conflict):
+    """A tenant already has ``webhooks.max_endpoints_per_tenant`` endpoints."""
+
+    code = "webhook_limit"
+    default_message = "the tenant has as many webhook endpoints as allowed"
+
+
+class TargetForbidden(Invalid):
+    """A webhook URL resolves to a loopback, private, link-local or metadata address."""
+
+    code = "target_forbidden"
+    default_message = "the webhook URL points at a private address"

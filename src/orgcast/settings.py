@@ -111,6 +111,34 @@ class MessagesSettings(Section):
     gap_poll_seconds: float = Field(1.0, gt=0, le=3600)
 
 
+class WebhooksSettings(Section):
+    """Delivery of events to tenants' endpoints (see services/webhooks.py)."""
+
+    presence_grace_seconds: float = Field(3.0, ge=0, le=3600)
+    max_batch: int = Field(100, ge=1, le=1000)
+    timeout_seconds: float = Field(5.0, gt=0, le=300)
+    max_age_hours: float = Field(24.0, gt=0)
+    disable_after_hours: float = Field(72.0, gt=0)
+    keep_days: float = Field(7.0, gt=0)
+    rotation_overlap_hours: float = Field(24.0, ge=0)
+    allow_private_targets: bool = False
+    max_endpoints_per_tenant: int = Field(10, ge=1, le=1000)
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0],
+        min_length=1,
+    )
+    retry_jitter: float = Field(0.2, ge=0, le=1)
+    poll_interval_seconds: float = Field(1.0, gt=0, le=60)
+    max_in_flight: int = Field(64, ge=1, le=10_000)
+
+    @field_validator("retry_schedule_seconds")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every delay must be above 0 seconds")
+        return value
+
+
 class MetricsSettings(Section):
     enabled: bool = True
     token: str = ""
@@ -153,6 +181,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     messages: MessagesSettings = Field(default_factory=MessagesSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

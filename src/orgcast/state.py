@@ -14,10 +14,12 @@ from .services.health import HealthService
 from .services.hub import Hub
 from .services.messages import MessageService
 from .services.tenants import TenantService
+from .services.webhooks import WebhookService
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .realtime.server import Realtime
+    from .services.deliveries import DeliveryWorker
 
 
 @dataclass
@@ -32,9 +34,11 @@ class Services:
     messages: MessageService
     health: HealthService
     hub: Hub
+    webhooks: WebhookService
 
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
 METRICS = web.AppKey("metrics", Metrics)
+WEBHOOK_WORKER: web.AppKey[DeliveryWorker] = web.AppKey("webhook_worker")

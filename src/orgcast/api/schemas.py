@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..names import SLUG_PATTERN
 from ..services.tenant_models import RESERVED_SLUGS, TenantCreate, TenantLimits
+from ..services.webhooks import EVENT_TYPES, EndpointCreate
 
 
 class Body(BaseModel):
@@ -206,3 +207,68 @@ class Published(Body):
     seq: int
     ts: int
     duplicate: bool = Field(description="True when client_id matched an already stored message.")
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+class CreateWebhookRequest(EndpointCreate):
+    """A new endpoint; its signing secret is generated and shown once, in the answer."""
+
+    events: list[str] = Field(
+        min_length=1,
+        max_length=16,
+        description="Event types to send; * = all.",
+        json_schema_extra={"items": {"enum": ["*", *EVENT_TYPES]}},
+    )
+
+
+class Webhook(Body):
+    id: str
+    url: str
+    events: list[str]
+    enabled: bool
+    description: str | None
+    disabled_reason: str | None = Field(
+        description="Why the server disabled it: gone (HTTP 410) or failing; null otherwise."
+    )
+    created_at: int
+    updated_at: int
+
+
+class NewWebhook(Webhook):
+    secret: str = Field(description="whsec_...: the signing secret; shown only in this response.")
+
+
+class WebhookList(Body):
+    webhooks: list[Webhook]
+
+
+class RotatedSecret(Body):
+    id: str
+    secret: str = Field(description="The new whsec_ secret; shown only in this response.")
+    previous_secret_expires_at: int = Field(
+        description="Until then deliveries carry both signatures, space-separated."
+    )
+
+
+class Delivery(Body):
+    id: str = Field(description="Sent as the webhook-id header.")
+    event_ids: list[str] = Field(description="The events of the batch, oldest first.")
+    attempt: int = Field(description="Attempts made so far.")
+    status: Literal["pending", "delivered", "failed"]
+    http_status: int | None = Field(description="Of the last attempt; null if none answered.")
+    latency_ms: int | None
+    error: str | None = Field(description="Why the last attempt failed.")
+    next_attempt_at: int | None
+    created_at: int
+
+
+class DeliveryPage(Body):
+    deliveries: list[Delivery] = Field(description="Newest first.")
+    next_cursor: str | None
+
+
+class DeliveriesQuery(Body):
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=64, description="next_cursor of the previous page.")

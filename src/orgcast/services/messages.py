@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -76,6 +76,16 @@ def wire(row: StoredRow, decode: BodyDecoder = json.loads) -> dict[str, Any]:
     return data
 
 
+class Outbox(Protocol):
+    """What the writer asks of webhooks: which tenants' messages need ``message.created`` rows,
+    and whom to tell that some were written."""
+
+    @property
+    def message_tenants(self) -> frozenset[int]: ...
+
+    def written(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Pending:
     message: NewMessage
@@ -99,11 +109,13 @@ class MessageService:
         settings: MessagesSettings,
         autocommit: Sessions | None = None,
         metrics: Metrics | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics or NullMetrics()
         # A database that is down fails every batch: one warning a minute, with the count.
         self._db_down = Repeated(log)
+        self._outbox = outbox
         self._autocommit = autocommit or sessions
         self._settings = settings
         self._one_statement = autocommit is not None and store.batch_is_one_statement(autocommit)
@@ -194,13 +206,16 @@ class MessageService:
                 pending.future.set_result(row)
 
     async def _write(self, messages: list[NewMessage]) -> list[StoredRow]:
+        hooked = self._outbox.message_tenants if self._outbox is not None else frozenset()
         if self._one_statement and all(m.client_id is None for m in messages):
             # One atomic statement: no BEGIN/COMMIT round trips around it.
             async with self._autocommit() as session:
-                rows = await store.write_batch(session, messages)
+                rows = await store.write_batch(session, messages, hooked)
         else:
             async with self._sessions.begin() as session:
-                rows = await store.write_batch(session, messages)
+                rows = await store.write_batch(session, messages, hooked)
+        if hooked and self._outbox is not None and any(m.tenant_id in hooked for m in messages):
+            self._outbox.written()
         self.batches += 1
         self.stored += len(messages)
         self._metrics.batch(len(messages))

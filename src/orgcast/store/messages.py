@@ -4,6 +4,11 @@
 in the batch (``last_seq = last_seq + n``, which row-locks each room so concurrent writers on any
 node queue behind each other), then one multi-row insert stores the messages. Rooms are upserted in
 (tenant, name) order so that two writers never take the same row locks in opposite orders.
+
+Webhooks' transactional outbox lives here too: for tenants in ``hooked`` (those with an enabled
+endpoint subscribed to ``message.created``), the same write stores one outbox row per message
+and endpoint, so an acked message always has its event. Batches of other tenants run the
+statement they always ran.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
+import orjson
 from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from . import webhooks
 from .models import Message, Room
 
 MESSAGES = cast(Table, Message.__table__)
@@ -76,8 +83,12 @@ def one_statement(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> list[StoredRow]:
-    """Store a batch; returns one row per input, in order (``duplicate`` for idempotent resends)."""
+async def write_batch(
+    session: AsyncSession, batch: Sequence[NewMessage], hooked: Collection[int] = ()
+) -> list[StoredRow]:
+    """Store a batch; returns one row per input, in order (``duplicate`` for idempotent resends).
+    Messages of tenants in ``hooked`` get their ``message.created`` outbox rows in the same
+    write."""
     now = int(time.time() * 1000)
     results: list[StoredRow | None] = [None] * len(batch)
 
@@ -105,7 +116,7 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
 
     if fresh and one_statement(session):
         for i, stored in zip(
-            fresh, await _insert_postgresql(session, batch, fresh, now), strict=True
+            fresh, await _insert_postgresql(session, batch, fresh, now, hooked), strict=True
         ):
             results[i] = stored
     elif fresh:
@@ -152,6 +163,8 @@ async def write_batch(session: AsyncSession, batch: Sequence[NewMessage]) -> lis
             )
         # The table, not the class: a Core executemany, without the ORM's bulk-insert bookkeeping.
         await session.execute(insert(MESSAGES), rows)
+        if hooked:
+            await _insert_events(session, [(batch[i], results[i]) for i in fresh], hooked, now)
 
     for i, message in enumerate(batch):
         if results[i] is None:
@@ -193,8 +206,50 @@ RETURNING id, seq
 )
 
 
+# The same statement, which also writes the outbox rows of message.created for every enabled
+# endpoint that takes it (of the tenants in :hooked). ``data`` is the broadcast shape of the
+# message; the body is the stored JSON text, cast to json (kept as written, not re-encoded).
+_INSERT_BATCH_WITH_EVENTS = text(
+    _INSERT_BATCH.text.replace(
+        ")\nINSERT INTO messages (",
+        "),\ninserted AS (\nINSERT INTO messages (",
+    ).replace(
+        "RETURNING id, seq\n",
+        """RETURNING id, seq
+),
+events AS (
+    INSERT INTO webhook_events (tenant_id, endpoint_id, event_id, type, created_at, data)
+    SELECT b.tenant_id, e.id, 'evt_' || b.id, 'message.created', CAST(:now AS BIGINT),
+           CAST(CASE WHEN b.client_id IS NULL THEN json_build_object(
+               'id', b.id, 'room', b.room, 'seq', i.seq, 'ts', CAST(:now AS BIGINT),
+               'sender', json_build_object('id', b.sender_id,
+                                           'name', COALESCE(b.sender_name, b.sender_id)),
+               'body', CAST(b.body AS json))
+           ELSE json_build_object(
+               'id', b.id, 'room', b.room, 'seq', i.seq, 'ts', CAST(:now AS BIGINT),
+               'sender', json_build_object('id', b.sender_id,
+                                           'name', COALESCE(b.sender_name, b.sender_id)),
+               'body', CAST(b.body AS json), 'client_id', b.client_id)
+           END AS TEXT)
+    FROM batch b
+    JOIN inserted i ON i.id = b.id
+    JOIN webhook_endpoints e ON e.tenant_id = b.tenant_id AND e.enabled
+         AND CAST(e.events AS jsonb) ?| ARRAY['message.created', '*']
+    WHERE b.tenant_id = ANY(CAST(:hooked AS BIGINT[]))
+    ORDER BY b.tenant_id, b.room, i.seq
+)
+SELECT id, seq FROM inserted
+""",
+    )
+)
+
+
 async def _insert_postgresql(
-    session: AsyncSession, batch: Sequence[NewMessage], fresh: list[int], now: int
+    session: AsyncSession,
+    batch: Sequence[NewMessage],
+    fresh: list[int],
+    now: int,
+    hooked: Collection[int],
 ) -> list[StoredRow]:
     """Store ``batch[i]`` for each ``i`` in ``fresh`` in one statement; rows in that order."""
     counts: dict[tuple[int, str], int] = defaultdict(int)
@@ -217,11 +272,54 @@ async def _insert_postgresql(
         "bodies": [m.body for m in messages],
         "now": now,
     }
-    seqs: dict[str, int] = {row[0]: row[1] for row in await session.execute(_INSERT_BATCH, params)}
+    statement = _INSERT_BATCH
+    hooks = [t for t in {m.tenant_id for m in messages} if t in hooked]
+    if hooks:
+        statement = _INSERT_BATCH_WITH_EVENTS
+        params["hooked"] = hooks
+    seqs: dict[str, int] = {row[0]: row[1] for row in await session.execute(statement, params)}
     return [
         StoredRow(id_, m.room, seqs[id_], now, m.sender_id, m.sender_name, m.body, m.client_id)
         for id_, m in zip(ids, messages, strict=True)
     ]
+
+
+async def _insert_events(
+    session: AsyncSession,
+    stored: Sequence[tuple[NewMessage, StoredRow | None]],
+    hooked: Collection[int],
+    now: int,
+) -> None:
+    """The outbox rows of ``message.created`` for messages just inserted (the path of SQLite,
+    where the batch is a transaction of several statements)."""
+    tenants = {m.tenant_id for m, _ in stored if m.tenant_id in hooked}
+    endpoints = await webhooks.subscribed(session, tenants, webhooks.MESSAGE_CREATED)
+    if not endpoints:
+        return
+    events = []
+    for message, row in stored:
+        assert row is not None
+        targets = [e for t, e in endpoints if t == message.tenant_id]
+        if not targets:
+            continue
+        data: dict[str, Any] = {
+            "id": row.id,
+            "room": row.room,
+            "seq": row.seq,
+            "ts": row.ts,
+            "sender": {"id": row.sender_id, "name": row.sender_name or row.sender_id},
+            "body": orjson.Fragment(row.body),
+        }
+        if row.client_id is not None:
+            data["client_id"] = row.client_id
+        encoded = orjson.dumps(data).decode()
+        events += [
+            webhooks.NewEvent(
+                message.tenant_id, e, "evt_" + row.id, webhooks.MESSAGE_CREATED, now, encoded
+            )
+            for e in targets
+        ]
+    await webhooks.insert_events(session, events)
 
 
 async def _find_by_client_ids(

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -120,3 +121,79 @@ class Message(Base):
     client_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # The body exactly as encoded JSON: measured once on the way in, never re-encoded for history.
     body: Mapped[str] = mapped_column(Text)
+
+
+class WebhookEndpoint(Base):
+    """A URL a tenant's backend receives events at. ``secret`` signs every delivery; during a
+    rotation ``previous_secret`` signs too, until ``previous_secret_until``."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_tenant_id", "tenant_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    description: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    previous_secret_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Set at the first failed attempt after a success; the endpoint is disabled once it is older
+    # than webhooks.disable_after_hours.
+    failing_since: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookEvent(Base):
+    """The outbox: one event for one endpoint, written in the transaction of what it reports and
+    not yet put into a delivery. Rows leave this table when a worker batches them into a
+    ``WebhookDelivery``, so it stays as small as the backlog."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tenants.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[str] = mapped_column(String(40))
+    type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    # The event's ``data`` as encoded JSON.
+    data: Mapped[str] = mapped_column(Text)
+
+
+class WebhookDelivery(Base):
+    """One batch of events for one endpoint (one signed POST, retried): the delivery log.
+
+    A worker holds a delivery while ``lease_until`` is in the future; a node that dies lets its
+    lease run out and another node takes the delivery over. The claim index is cluster-wide work,
+    not a tenant's query, so it does not lead with ``tenant_id``.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_tenant_id_endpoint_id_id", "tenant_id", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("tenants.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_ids: Mapped[list[str]] = mapped_column(JSON)
+    # The exact request body, {"events": [...]}, signed anew at every attempt.
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    next_attempt_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    lease_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)

@@ -9,7 +9,16 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import ApiKey, Message, Room, SigningKey, Tenant
+from .models import (
+    ApiKey,
+    Message,
+    Room,
+    SigningKey,
+    Tenant,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 __all__ = [
     "ApiKey",
@@ -68,7 +77,9 @@ async def update_tenant(session: AsyncSession, tenant_id: int, values: dict[str,
 
 async def delete_tenant(session: AsyncSession, tenant_id: int) -> None:
     # Explicit, child-first: does not depend on the database enforcing ON DELETE CASCADE.
-    for model in (Message, Room, SigningKey, ApiKey):
+    for model in (
+        WebhookEvent, WebhookDelivery, WebhookEndpoint, Message, Room, SigningKey, ApiKey,
+    ):  # fmt: skip
         await session.execute(delete(model).where(model.tenant_id == tenant_id))
     await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
 

@@ -1,0 +1,266 @@
+"""The webhook delivery worker: every node runs one; rows are claimed with a lease.
+
+Each round is one transaction (``store.webhooks.claim``): it leases due retries and batches
+outbox events into new deliveries, at most one delivery per endpoint at a time on this node, so
+one slow endpoint holds only its own slot: other endpoints and tenants keep their own pace, and
+the message path never waits on any of it. A round runs when this node wrote outbox rows, when a
+delivery finishes, or every ``poll_interval_seconds`` (rows written by other nodes, retries
+coming due). A node that dies holding leases loses them after ``timeout_seconds`` + 15 s; another
+node (or the restarted one) then retries those deliveries.
+
+An attempt is one POST with ``allow_redirects=False`` and a total timeout. A 2xx is success; a
+410 fails the delivery and disables the endpoint; anything else (another status, a redirect,
+a timeout, a reset, a response that is not HTTP) is a failed attempt, retried after the next
+delay of ``retry_schedule_seconds`` (spread by ``retry_jitter``) until the delivery is older than
+``max_age_hours``, when it is marked failed. An endpoint without a success for
+``disable_after_hours`` is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from functools import partial
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from ..settings import WebhooksSettings
+from ..store import webhooks as store
+from ..store.engine import DB_ERRORS, Sessions
+from .webhooks import WebhookService, forbidden_address, literal_ip, now_ms, sign
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN_SECONDS = 15.0
+PRUNE_INTERVAL_SECONDS = 600.0
+PRUNE_BATCH = 5000
+MIN_ROUND_INTERVAL = 0.005  # rounds are transactions: at most ~200 a second per node
+USER_AGENT = "orgcast-webhooks"
+
+
+class TargetRefused(OSError):
+    """The target resolved to an address webhooks may not call."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves as aiohttp does, then refuses forbidden addresses: checked at every connection,
+    so a name that resolved to a public address at creation cannot be pointed inward later."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if forbidden_address(result["host"]):
+                raise TargetRefused(f"{host} resolves to {result['host']}, a private address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class DeliveryWorker:
+    """Claims and delivers webhook batches until cancelled (one per node)."""
+
+    def __init__(self, sessions: Sessions, settings: WebhooksSettings, webhooks: WebhookService,
+                 refresh_interval: float) -> None:  # fmt: skip
+        self._sessions = sessions
+        self._settings = settings
+        self._webhooks = webhooks
+        self._refresh_interval = refresh_interval
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lease_ms = int((settings.timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
+        self._warned_at = 0.0
+        self.attempts = 0
+        webhooks.on_written(self.wake)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        settings = self._settings
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_in_flight,
+            resolver=None if settings.allow_private_targets else GuardedResolver(),
+        )
+        timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        next_refresh = next_prune = 0.0
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            try:
+                while True:
+                    self._wake.clear()
+                    now = time.monotonic()
+                    try:
+                        if now >= next_refresh:
+                            await self._webhooks.refresh()
+                            next_refresh = now + self._refresh_interval
+                        if now >= next_prune:
+                            await self.prune()
+                            next_prune = now + PRUNE_INTERVAL_SECONDS
+                        await self._round(http)
+                    except DB_ERRORS:
+                        self._degraded()
+                    except Exception:
+                        log.exception("webhook worker round failed; retrying")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(settings.poll_interval_seconds):
+                            await self._wake.wait()
+                    await asyncio.sleep(MIN_ROUND_INTERVAL)
+            finally:
+                tasks = list(self._tasks.values())
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _degraded(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            log.warning("webhook worker: database unavailable; retrying")
+
+    async def _round(self, http: aiohttp.ClientSession) -> None:
+        room = self._settings.max_in_flight - len(self._tasks)
+        if room <= 0:
+            return
+        async with self._sessions.begin() as session:
+            claimed = await store.claim(
+                session,
+                now=now_ms(),
+                lease_ms=self._lease_ms,
+                busy=set(self._tasks),
+                limit=room,
+                max_batch=self._settings.max_batch,
+            )
+        for delivery in claimed:
+            task = asyncio.create_task(self._deliver(http, delivery))
+            self._tasks[delivery.endpoint_id] = task
+            task.add_done_callback(partial(self._done, delivery.endpoint_id))
+
+    def _done(self, endpoint_id: str, _: object) -> None:
+        self._tasks.pop(endpoint_id, None)
+        self._wake.set()
+
+    async def _deliver(self, http: aiohttp.ClientSession, delivery: store.Claimed) -> None:
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            status = await self._post(http, delivery)
+            if status == 410:
+                error = "HTTP 410 Gone: the endpoint is disabled"
+            elif 300 <= status < 400:
+                error = f"HTTP {status}: redirects are not followed"
+            elif not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except TimeoutError:
+            error = f"no response within {self._settings.timeout_seconds:g} s"
+        except TargetRefused as exc:
+            error = str(exc)
+        except aiohttp.ClientConnectorError as exc:
+            error = f"connection failed: {exc.os_error or exc}"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            error = f"{exc.__class__.__name__}: {exc}"[:500]
+        except Exception as exc:
+            log.exception("webhook delivery %s failed unexpectedly", delivery.id)
+            error = f"internal: {exc.__class__.__name__}"
+        latency_ms = int((time.monotonic() - started) * 1000)
+        self.attempts += 1
+        try:
+            await self._record(delivery, status, error, latency_ms)
+        except DB_ERRORS:
+            # The lease runs out and the delivery is attempted again: at-least-once.
+            self._degraded()
+        except Exception:
+            log.exception("webhook delivery %s: could not record the attempt", delivery.id)
+
+    async def _post(self, http: aiohttp.ClientSession, delivery: store.Claimed) -> int:
+        host = urlsplit(delivery.url).hostname or ""
+        literal = literal_ip(host)
+        if (
+            literal is not None
+            and not self._settings.allow_private_targets
+            and forbidden_address(literal)
+        ):
+            raise TargetRefused(f"{host} is a private address")
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(delivery.secrets, delivery.id, timestamp, delivery.body),
+        }
+        async with http.post(
+            delivery.url, data=delivery.body, headers=headers, allow_redirects=False
+        ) as response:
+            return response.status
+
+    async def _record(
+        self, delivery: store.Claimed, status: int | None, error: str | None, latency_ms: int
+    ) -> None:
+        settings = self._settings
+        now = now_ms()
+        disabled = False
+        next_attempt: int | None = None
+        if error is None:
+            outcome = "delivered"
+        elif status == 410:
+            outcome = "failed"
+        else:
+            attempt = delivery.attempt + 1
+            schedule = settings.retry_schedule_seconds
+            delay = schedule[min(attempt, len(schedule)) - 1]
+            delay *= 1 + random.uniform(-settings.retry_jitter, settings.retry_jitter)
+            next_attempt = now + int(delay * 1000)
+            if next_attempt > delivery.created_at + int(settings.max_age_hours * 3600_000):
+                outcome, next_attempt = "failed", None
+            else:
+                outcome = "pending"
+        async with self._sessions.begin() as session:
+            await store.record_attempt(
+                session, delivery, now=now, status=outcome, http_status=status,
+                latency_ms=latency_ms, error=error, next_attempt_at=next_attempt,
+            )  # fmt: skip
+            if error is None:
+                await store.endpoint_succeeded(session, delivery.endpoint_id)
+            elif status == 410:
+                await store.disable_endpoint(session, delivery.endpoint_id, "gone (HTTP 410)", now)
+                disabled = True
+            else:
+                disabled = await store.endpoint_failed(
+                    session,
+                    delivery.endpoint_id,
+                    now=now,
+                    disable_after_ms=int(settings.disable_after_hours * 3600_000),
+                )
+        if disabled:
+            log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, error)
+            await self._webhooks.refresh()
+
+    async def prune(self) -> int:
+        """Delete finished deliveries older than ``keep_days`` (bounded batches)."""
+        now = now_ms()
+        total = 0
+        while True:
+            async with self._sessions.begin() as session:
+                deleted = await store.prune(
+                    session,
+                    finished_before=now - int(self._settings.keep_days * 86_400_000),
+                    stale_before=now - int(self._settings.max_age_hours * 3600_000),
+                    limit=PRUNE_BATCH,
+                )
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
+            await asyncio.sleep(0)

@@ -1,0 +1,403 @@
+"""Queries for webhook endpoints, the event outbox and the delivery log.
+
+The outbox (``webhook_events``) holds events not yet put into a delivery: one row per event and
+endpoint, written in the transaction of what the event reports (``message.created`` rows are
+written by ``store.messages.write_batch`` itself). ``claim`` is the worker's one transaction per
+round: it leases due retries and turns outbox rows into new deliveries, one per endpoint, oldest
+events first. On PostgreSQL both reads take ``FOR UPDATE SKIP LOCKED``, so nodes claiming at the
+same moment never take the same row; SQLite has one writer at a time and one node.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent
+
+EVENTS = cast(Table, WebhookEvent.__table__)
+DELIVERIES = cast(Table, WebhookDelivery.__table__)
+MESSAGE_CREATED = "message.created"
+
+__all__ = [
+    "Claimed",
+    "NewEvent",
+    "claim",
+    "count_endpoints",
+    "delete_endpoint",
+    "get_delivery",
+    "get_endpoint",
+    "insert_events",
+    "list_deliveries",
+    "list_endpoints",
+    "new_id",
+    "prune",
+    "record_attempt",
+    "subscribed",
+    "subscriptions",
+]
+
+
+def new_id(prefix: str, now_ms: int) -> str:
+    """``prefix`` then 32 hex digits: 48 bits of milliseconds and 80 random bits (sort by time)."""
+    return f"{prefix}{now_ms:012x}{os.urandom(10).hex()}"
+
+
+def subscribes(events: Iterable[str], event_type: str) -> bool:
+    return any(name in ("*", event_type) for name in events)
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+
+async def subscriptions(session: AsyncSession) -> list[tuple[int, list[str]]]:
+    """(tenant id, event types) of every enabled endpoint."""
+    rows = await session.execute(
+        select(WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
+            WebhookEndpoint.enabled.is_(True)
+        )
+    )
+    return [(tenant_id, list(events)) for tenant_id, events in rows]
+
+
+async def subscribed(
+    session: AsyncSession, tenant_ids: Collection[int], event_type: str
+) -> list[tuple[int, str]]:
+    """(tenant id, endpoint id) of the enabled endpoints of these tenants that take the type."""
+    if not tenant_ids:
+        return []
+    rows = await session.execute(
+        select(WebhookEndpoint.tenant_id, WebhookEndpoint.id, WebhookEndpoint.events).where(
+            WebhookEndpoint.tenant_id.in_(list(tenant_ids)), WebhookEndpoint.enabled.is_(True)
+        )
+    )
+    return [(t, e) for t, e, events in rows if subscribes(events, event_type)]
+
+
+async def count_endpoints(session: AsyncSession, tenant_id: int) -> int:
+    query = select(func.count()).where(WebhookEndpoint.tenant_id == tenant_id)
+    return int(await session.scalar(query) or 0)
+
+
+async def list_endpoints(session: AsyncSession, tenant_id: int) -> Sequence[WebhookEndpoint]:
+    query = (
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.tenant_id == tenant_id)
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def get_endpoint(
+    session: AsyncSession, tenant_id: int, endpoint_id: str, *, lock: bool = False
+) -> WebhookEndpoint | None:
+    query = select(WebhookEndpoint).where(
+        WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.id == endpoint_id
+    )
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def delete_endpoint(session: AsyncSession, tenant_id: int, endpoint_id: str) -> bool:
+    # Child rows first: does not depend on the database enforcing ON DELETE CASCADE.
+    for model in (WebhookEvent, WebhookDelivery):
+        await session.execute(
+            delete(model).where(model.tenant_id == tenant_id, model.endpoint_id == endpoint_id)
+        )
+    result = await session.execute(
+        delete(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.id == endpoint_id
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# -- the outbox -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    tenant_id: int
+    endpoint_id: str
+    event_id: str
+    type: str
+    created_at: int
+    data: str
+
+
+async def insert_events(session: AsyncSession, events: Sequence[NewEvent]) -> None:
+    if events:
+        await session.execute(
+            insert(EVENTS),
+            [
+                {
+                    "tenant_id": e.tenant_id,
+                    "endpoint_id": e.endpoint_id,
+                    "event_id": e.event_id,
+                    "type": e.type,
+                    "created_at": e.created_at,
+                    "data": e.data,
+                }
+                for e in events
+            ],
+        )
+
+
+# -- claiming and recording deliveries -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this node holds the lease of, with what an attempt needs."""
+
+    id: str
+    tenant_id: int
+    endpoint_id: str
+    url: str
+    secrets: tuple[str, ...]
+    body: bytes
+    attempt: int
+    created_at: int
+
+
+def _secrets(row: Any, now: int) -> tuple[str, ...]:
+    if row.previous_secret and (row.previous_secret_until or 0) > now:
+        return (row.secret, row.previous_secret)
+    return (row.secret,)
+
+
+_ENDPOINT_COLUMNS = (
+    WebhookEndpoint.url,
+    WebhookEndpoint.secret,
+    WebhookEndpoint.previous_secret,
+    WebhookEndpoint.previous_secret_until,
+)
+
+
+_DELIVERY_COLUMNS = (
+    WebhookDelivery.id, WebhookDelivery.tenant_id, WebhookDelivery.endpoint_id,
+    WebhookDelivery.body, WebhookDelivery.attempt, WebhookDelivery.created_at,
+)  # fmt: skip
+_EVENT_COLUMNS = (
+    WebhookEvent.id, WebhookEvent.tenant_id, WebhookEvent.endpoint_id, WebhookEvent.event_id,
+    WebhookEvent.type, WebhookEvent.created_at, WebhookEvent.data,
+)  # fmt: skip
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    now: int,
+    lease_ms: int,
+    busy: Collection[str],
+    limit: int,
+    max_batch: int,
+) -> list[Claimed]:
+    """Lease at most one delivery per endpoint not in ``busy``: a due retry if there is one,
+    else a new delivery of up to ``max_batch`` outbox events, oldest first. Run it inside a
+    transaction; the leases hold once it commits."""
+    D, E = WebhookDelivery, WebhookEndpoint
+    taken = set(busy)
+    claimed: list[Claimed] = []
+
+    due = (
+        select(*_DELIVERY_COLUMNS, *_ENDPOINT_COLUMNS)
+        .join(E, E.id == D.endpoint_id)
+        .where(
+            D.status == "pending",
+            D.next_attempt_at <= now,
+            or_(D.lease_until.is_(None), D.lease_until <= now),
+            E.enabled.is_(True),
+        )
+        .order_by(D.next_attempt_at, D.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=D)
+    )
+    if taken:
+        due = due.where(D.endpoint_id.not_in(taken))
+    for row in await session.execute(due):
+        if row.endpoint_id in taken:
+            continue
+        taken.add(row.endpoint_id)
+        claimed.append(
+            Claimed(
+                row.id, row.tenant_id, row.endpoint_id, row.url, _secrets(row, now),
+                row.body.encode(), row.attempt, row.created_at,
+            )
+        )  # fmt: skip
+    if claimed:
+        await session.execute(
+            update(D).where(D.id.in_([c.id for c in claimed])).values(lease_until=now + lease_ms)
+        )
+
+    V = WebhookEvent
+    pending = (
+        select(*_EVENT_COLUMNS, Tenant.slug, *_ENDPOINT_COLUMNS)
+        .join(E, E.id == V.endpoint_id)
+        .join(Tenant, Tenant.id == V.tenant_id)
+        .where(E.enabled.is_(True))
+        .order_by(V.id)
+        .limit(max_batch * 2)
+        .with_for_update(skip_locked=True, of=V)
+    )
+    if taken:
+        pending = pending.where(V.endpoint_id.not_in(taken))
+    batches: dict[str, list[Any]] = {}
+    for event in await session.execute(pending):
+        batch = batches.setdefault(event.endpoint_id, [])
+        if len(batch) < max_batch:
+            batch.append(event)
+    if not batches:
+        return claimed
+    used: list[int] = []
+    deliveries: list[dict[str, Any]] = []
+    for endpoint_id, rows in batches.items():
+        body = orjson.dumps(
+            {
+                "events": [
+                    {
+                        "id": r.event_id,
+                        "type": r.type,
+                        "tenant": r.slug,
+                        "created_at": r.created_at,
+                        "data": orjson.Fragment(r.data),
+                    }
+                    for r in rows
+                ]
+            }
+        )
+        first = rows[0]
+        delivery_id = new_id("msg_", now)
+        deliveries.append(
+            {
+                "id": delivery_id,
+                "tenant_id": first.tenant_id,
+                "endpoint_id": endpoint_id,
+                "event_ids": [r.event_id for r in rows],
+                "body": body.decode(),
+                "status": "pending",
+                "attempt": 0,
+                "next_attempt_at": now,
+                "lease_until": now + lease_ms,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        used += [r.id for r in rows]
+        claimed.append(
+            Claimed(
+                delivery_id, first.tenant_id, endpoint_id, first.url, _secrets(first, now), body,
+                0, now,
+            )
+        )  # fmt: skip
+    await session.execute(insert(DELIVERIES), deliveries)
+    await session.execute(delete(V).where(V.id.in_(used)))
+    return claimed
+
+
+async def record_attempt(
+    session: AsyncSession,
+    delivery: Claimed,
+    *,
+    now: int,
+    status: str,
+    http_status: int | None,
+    latency_ms: int,
+    error: str | None,
+    next_attempt_at: int | None,
+) -> None:
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery.id)
+        .values(
+            attempt=WebhookDelivery.attempt + 1,
+            status=status,
+            http_status=http_status,
+            latency_ms=latency_ms,
+            error=None if error is None else error[:500],
+            next_attempt_at=next_attempt_at,
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+
+
+async def endpoint_succeeded(session: AsyncSession, endpoint_id: str) -> None:
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failing_since.is_not(None))
+        .values(failing_since=None)
+    )
+
+
+async def endpoint_failed(
+    session: AsyncSession, endpoint_id: str, *, now: int, disable_after_ms: int
+) -> bool:
+    """Note a failure; disable the endpoint when it has failed for ``disable_after_ms`` without a
+    success. Returns whether it was disabled now."""
+    E = WebhookEndpoint
+    await session.execute(
+        update(E).where(E.id == endpoint_id, E.failing_since.is_(None)).values(failing_since=now)
+    )
+    result = await session.execute(
+        update(E)
+        .where(E.id == endpoint_id, E.enabled.is_(True), E.failing_since <= now - disable_after_ms)
+        .values(enabled=False, disabled_reason="failing", updated_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def disable_endpoint(session: AsyncSession, endpoint_id: str, reason: str, now: int) -> None:
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(enabled=False, disabled_reason=reason, updated_at=now)
+    )
+
+
+# -- the delivery log ---------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    session: AsyncSession, tenant_id: int, endpoint_id: str, *, before: str | None, limit: int
+) -> Sequence[WebhookDelivery]:
+    """Newest first; ``before`` is the id the previous page ended at."""
+    D = WebhookDelivery
+    query = select(D).where(D.tenant_id == tenant_id, D.endpoint_id == endpoint_id)
+    if before:
+        query = query.where(D.id < before)
+    return (await session.scalars(query.order_by(D.id.desc()).limit(limit))).all()
+
+
+async def get_delivery(
+    session: AsyncSession, tenant_id: int, endpoint_id: str, delivery_id: str
+) -> WebhookDelivery | None:
+    D = WebhookDelivery
+    return await session.scalar(
+        select(D).where(D.tenant_id == tenant_id, D.endpoint_id == endpoint_id, D.id == delivery_id)
+    )
+
+
+async def prune(
+    session: AsyncSession, *, finished_before: int, stale_before: int, limit: int
+) -> int:
+    """Delete at most ``limit`` finished deliveries last touched before ``finished_before``, and
+    outbox events older than ``stale_before`` (left by disabled endpoints)."""
+    D, V = WebhookDelivery, WebhookEvent
+    victims = (
+        select(D.id)
+        .where(D.status.in_(("delivered", "failed")), D.updated_at < finished_before)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    deleted = await session.execute(delete(D).where(D.id.in_(victims)))
+    stale = select(V.id).where(V.created_at < stale_before).limit(limit).scalar_subquery()
+    await session.execute(delete(V).where(V.id.in_(stale)))
+    return int(deleted.rowcount)  # type: ignore[attr-defined]
