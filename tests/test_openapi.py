@@ -14,14 +14,17 @@ import pytest
 from orgcast.api import schemas
 from orgcast.api.routes import ROUTES, Route
 from orgcast.settings import MetricsSettings
-from tests.support import Server, node_settings, start_server, unique_slug
+from tests.support import Server, eventually, node_settings, start_server, unique_slug
+from tests.webhooks_support import FAST, receiver
 
 OPENAPI = "/api/v1/openapi.json"
 
 
 @pytest.fixture
 async def metrics_server(database_url: str, tmp_path: Path) -> AsyncIterator[Server]:
-    settings = node_settings(database_url, tmp_path, metrics=MetricsSettings(enabled=True))
+    settings = node_settings(
+        database_url, tmp_path, metrics=MetricsSettings(enabled=True), webhooks=FAST
+    )
     async with start_server(settings) as node:
         yield node
 
@@ -81,7 +84,7 @@ async def test_document_lists_exactly_the_routes_the_router_serves(
         documented = {(method, path) for method, path, _ in operations(doc)}
         assert documented == served(server)
     api_routes = {(m, p) for m, p in documented if p.startswith("/api/v1")}
-    assert len(api_routes) == 14
+    assert len(api_routes) == 22
     assert (("GET", "/metrics") in documented) is enabled
 
 
@@ -119,6 +122,24 @@ async def test_query_parameters_of_the_tenant_list_are_documented(server: Server
     assert params["status"]["schema"]["anyOf"][0]["enum"] == ["active", "suspended"]
 
 
+async def _webhook_with_a_delivery(server: Server, slug: str, url: str) -> dict[str, str]:
+    """An endpoint of the tenant and one delivery of it, for the routes that name them."""
+    base = f"/api/v1/tenants/{slug}"
+    _, endpoint = await server.request(
+        "POST", base + "/webhooks", json={"url": url, "events": ["*"]}
+    )
+    await server.request("POST", base + "/rooms/lobby/messages", json={"body": "hi"})
+    log = f"{base}/webhooks/{endpoint['id']}/deliveries"
+
+    async def delivered() -> bool:
+        _, body = await server.request("GET", log)
+        return bool(body["deliveries"]) and body["deliveries"][0]["status"] == "delivered"
+
+    await eventually(delivered)
+    _, body = await server.request("GET", log)
+    return {"webhook_id": endpoint["id"], "delivery_id": body["deliveries"][0]["id"]}
+
+
 def _order(item: tuple[str, str, dict[str, Any]]) -> tuple[int, int]:
     """Everything but DELETE first; then deletes of keys before the tenant itself."""
     method, path, _ = item
@@ -132,6 +153,8 @@ async def test_each_documented_operation_answers_a_documented_status_and_schema(
     doc = await document(server)
     tenant = await server.create_tenant()
     values = {"slug": tenant.slug, "kid": tenant.kid, "key_id": tenant.api_key_id, "room": "lobby"}
+    async with receiver() as target:
+        values.update(await _webhook_with_a_delivery(server, tenant.slug, target.url))
     table: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in server.app[ROUTES]}
     called = []
     for method, path, op in sorted(operations(doc), key=_order):

@@ -1,4 +1,5 @@
-"""``orgcast tenants ...`` and ``orgcast token``: tenant administration from the shell.
+"""``orgcast tenants ...``, ``orgcast token`` and ``orgcast webhooks ...``: tenant
+administration from the shell.
 
 These commands work directly against the database named by the settings, through the same
 services the server uses; no server needs to be running. The embedded SQLite file is created and
@@ -15,7 +16,8 @@ them when the control bus announces a change, so:
   ``database.watch_interval_seconds`` (1 s by default; see ``TenantWatcher``).
 
 Output is for people by default and one JSON document with ``--json``. Plain secrets are printed
-only by ``tenants create`` (once; they cannot be shown again) and never by ``tenants apply``.
+only by ``tenants create`` and ``webhooks add`` (once; they cannot be shown again) and never by
+``tenants apply``.
 ``tenants show`` reports what the database holds; live connection and room counts belong to the
 nodes and are on the admin API (``GET /api/v1/tenants/{slug}``).
 """
@@ -47,6 +49,7 @@ from .services.auth import MAX_TTL, mint_token
 from .services.control import ControlBus
 from .services.manifests import ManifestService, load_directory
 from .services.tenants import Tenant, TenantCreate, TenantLimits, TenantPatch, TenantService
+from .services.webhooks import EVENT_TYPES, EndpointCreate, WebhookService
 from .settings import Settings
 
 # -- the database, as the server would open it ------------------------------------------------
@@ -87,6 +90,14 @@ class _Announcer:
 @asynccontextmanager
 async def tenant_service(settings: Settings) -> AsyncIterator[TenantService]:
     """A ``TenantService`` on the configured database, schema checked; announces changes after."""
+    async with services(settings) as (tenants, _):
+        yield tenants
+
+
+@asynccontextmanager
+async def services(settings: Settings) -> AsyncIterator[tuple[TenantService, WebhookService]]:
+    """The tenant and webhook services on the configured database, schema checked; changes
+    are announced after."""
     from .store import schema
     from .store.engine import DB_ERRORS, create_engine, create_sessions
 
@@ -100,7 +111,11 @@ async def tenant_service(settings: Settings) -> AsyncIterator[TenantService]:
             raise SchemaBehind(
                 f"{exc}: run: orgcast db upgrade (or alembic upgrade head)"
             ) from None
-        yield TenantService(create_sessions(engine), settings.limits, control)
+        sessions = create_sessions(engine)
+        yield (
+            TenantService(sessions, settings.limits, control),
+            WebhookService(sessions, settings.webhooks, control),
+        )
     except DB_ERRORS as exc:
         raise Unavailable(f"database unreachable: {exc.__class__.__name__}: {exc}") from None
     finally:
@@ -138,8 +153,8 @@ def _command(
 
 async def tenants_apply(args: argparse.Namespace, settings: Settings) -> None:
     manifests = load_directory(args.directory)  # every file checked before the database
-    async with tenant_service(settings) as tenants:
-        changes = await ManifestService(tenants).apply(manifests, dry_run=args.dry_run)
+    async with services(settings) as (tenants, webhooks):
+        changes = await ManifestService(tenants, webhooks).apply(manifests, dry_run=args.dry_run)
     lines = []
     for change in changes:
         what: str = change.action
@@ -301,6 +316,115 @@ async def token(args: argparse.Namespace, settings: Settings) -> None:
     emit(args, {"slug": args.slug, **minted}, minted["token"])
 
 
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+async def webhooks_list(args: argparse.Namespace, settings: Settings) -> None:
+    async with services(settings) as (tenants, webhooks):
+        tenant = await tenants.get(args.slug)
+        endpoints = await webhooks.list_endpoints(tenant.id)
+    lines = [
+        f"{e['id']}  {'enabled ' if e['enabled'] else 'disabled'}  {e['url']}  "
+        f"[{', '.join(e['events'])}]"
+        + (f"  ({e['disabled_reason']})" if e["disabled_reason"] else "")
+        for e in endpoints
+    ]
+    emit(args, {"webhooks": endpoints}, "\n".join(lines) or f"{args.slug}: no webhook endpoints")
+
+
+async def webhooks_add(args: argparse.Namespace, settings: Settings) -> None:
+    spec = _validated(
+        EndpointCreate,
+        {"url": args.url, "events": args.events, "description": args.description},
+    )
+    async with services(settings) as (tenants, webhooks):
+        tenant = await tenants.get(args.slug)
+        endpoint = await webhooks.create(tenant.id, tenant.slug, spec)
+    text = (
+        f"added webhook endpoint {endpoint['id']} to {args.slug}: {endpoint['url']}\n"
+        f"  events: {', '.join(endpoint['events'])}\n"
+        f"  secret: {endpoint['secret']}\n"
+        "Store the secret now: it is not shown again."
+    )
+    emit(args, endpoint, text)
+
+
+async def webhooks_remove(args: argparse.Namespace, settings: Settings) -> None:
+    async with services(settings) as (tenants, webhooks):
+        tenant = await tenants.get(args.slug)
+        await webhooks.delete(tenant.id, tenant.slug, args.id)
+    emit(args, {"id": args.id, "deleted": True}, f"{args.slug}: removed webhook {args.id}")
+
+
+async def webhooks_deliveries(args: argparse.Namespace, settings: Settings) -> None:
+    async with services(settings) as (tenants, webhooks):
+        tenant = await tenants.get(args.slug)
+        page, next_cursor = await webhooks.deliveries(
+            tenant.id, args.id, cursor=args.cursor, limit=args.limit
+        )
+    lines = [
+        f"{d['id']}  {d['status']:<9}  attempt {d['attempt']}  "
+        f"{d['http_status'] or '-'}  {len(d['event_ids'])} event(s)  {_when(d['created_at'])}"
+        + (f"  {d['error']}" if d["error"] else "")
+        for d in page
+    ]
+    if next_cursor:
+        lines.append(f"more: --cursor {next_cursor}")
+    emit(
+        args,
+        {"deliveries": page, "next_cursor": next_cursor},
+        "\n".join(lines) or f"no deliveries for {args.id}",
+    )
+
+
+async def webhooks_redeliver(args: argparse.Namespace, settings: Settings) -> None:
+    async with services(settings) as (tenants, webhooks):
+        tenant = await tenants.get(args.slug)
+        copy = await webhooks.redeliver(tenant.id, args.id, args.delivery_id)
+    emit(args, copy, f"queued delivery {copy['id']} with the events of {args.delivery_id}")
+
+
+def _add_webhook_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    webhooks = commands.add_parser(
+        "webhooks", parents=[common], help="webhook endpoints and their deliveries"
+    )
+    actions = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[common], help="a tenant's endpoints")
+    listing.add_argument("slug")
+    listing.set_defaults(handler=_command(webhooks_list))
+
+    add = actions.add_parser("add", parents=[common], help="add an endpoint; prints its secret")
+    add.add_argument("slug")
+    add.add_argument("url")
+    add.add_argument(
+        "--events",
+        nargs="+",
+        default=["*"],
+        metavar="TYPE",
+        help=f"event types (default *): {', '.join(EVENT_TYPES)}",
+    )
+    add.add_argument("--description")
+    add.set_defaults(handler=_command(webhooks_add))
+
+    remove = actions.add_parser("remove", parents=[common], help="delete an endpoint")
+    remove.add_argument("slug")
+    remove.add_argument("id")
+    remove.set_defaults(handler=_command(webhooks_remove))
+
+    log = actions.add_parser("deliveries", parents=[common], help="an endpoint's delivery log")
+    log.add_argument("slug")
+    log.add_argument("id")
+    log.add_argument("--limit", type=int, default=50, choices=range(1, 201), metavar="1..200")
+    log.add_argument("--cursor", help="next_cursor of the previous page")
+    log.set_defaults(handler=_command(webhooks_deliveries))
+
+    again = actions.add_parser("redeliver", parents=[common], help="send a delivery's events again")
+    again.add_argument("slug")
+    again.add_argument("id")
+    again.add_argument("delivery_id")
+    again.set_defaults(handler=_command(webhooks_redeliver))
+
+
 # -- argument parsing -----------------------------------------------------------------------------
 
 
@@ -370,3 +494,5 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "--rooms", nargs="+", action="extend", metavar="PATTERN", help="glob patterns to allow"
     )
     mint.set_defaults(handler=_command(token))
+
+    _add_webhook_commands(commands, common)

@@ -11,6 +11,12 @@ Validation is all-or-nothing: every file is read and checked before the database
 one invalid file means nothing is applied. Secrets never live in manifests: a key that looks like
 one (``secret``, ``api_key``, ``token``, ...) is refused, because manifests are meant to be
 committed to version control. Signing keys and API keys exist only in the database.
+
+A manifest may also declare webhook endpoints, ``[[webhooks]]`` tables of ``url`` and ``events``
+(and an optional ``description``), never their secrets. Each declared URL gets an endpoint if the
+tenant has none with that URL, and its events are brought in line otherwise; endpoints a manifest
+does not declare (made through the API or the CLI) are left alone. The secret of an endpoint made
+here is generated and shown nowhere: take one with ``POST .../webhooks/{id}/rotate-secret``.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from ..errors import Invalid, NotFound, readable_message
 from .tenants import Tenant, TenantCreate, TenantPatch, TenantService
+from .webhooks import Description, EndpointCreate, EndpointPatch, WebhookService
 
 SECRET_WORDS = (
     "secret",
@@ -39,6 +46,19 @@ SECRET_WORDS = (
 DECLARED_FIELDS = ("name", "limits", "ephemeral_events", "allowed_origins")
 
 Action = Literal["created", "updated", "unchanged"]
+
+
+class DeclaredWebhook(EndpointCreate):
+    """An endpoint as a manifest declares it: no secret, no enabled flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, exclude=True)
+    description: Description | None = None
+
+
+class ManifestSpec(TenantCreate):
+    webhooks: list[DeclaredWebhook] = Field(default_factory=list, max_length=100)
 
 
 @dataclass(frozen=True)
@@ -72,7 +92,7 @@ class Manifest:
     """A validated manifest and the state it declares."""
 
     path: Path
-    spec: TenantCreate
+    spec: ManifestSpec
 
     @property
     def slug(self) -> str:
@@ -118,6 +138,10 @@ def _secret_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
             found.append(path)
         elif isinstance(value, dict):
             found.extend(_secret_keys(value, f"{path}."))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    found.extend(_secret_keys(item, f"{path}.{i}."))
     return found
 
 
@@ -151,7 +175,7 @@ def load_manifest(path: Path) -> Manifest:
             ]
         )
     try:
-        spec = TenantCreate.model_validate(data)
+        spec = ManifestSpec.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(validation_problems(file, exc)) from None
     if spec.slug != path.stem:
@@ -181,10 +205,34 @@ def load_directory(directory: Path) -> list[Manifest]:
 
 
 class ManifestService:
-    """Plans and applies manifests through ``TenantService`` (one transaction per tenant)."""
+    """Plans and applies manifests through ``TenantService`` (one transaction per tenant) and
+    ``WebhookService`` (declared endpoints)."""
 
-    def __init__(self, tenants: TenantService) -> None:
+    def __init__(self, tenants: TenantService, webhooks: WebhookService | None = None) -> None:
         self._tenants = tenants
+        self._webhooks = webhooks
+
+    async def _webhook_plan(
+        self, tenant_id: int | None, manifest: Manifest
+    ) -> list[tuple[str | None, DeclaredWebhook]]:
+        """(existing endpoint id or None to create, declaration) for each declared endpoint that
+        is missing or differs."""
+        if self._webhooks is None or not manifest.spec.webhooks:
+            return []
+        existing = {} if tenant_id is None else {
+            e["url"]: e for e in await self._webhooks.list_endpoints(tenant_id)
+        }  # fmt: skip
+        todo: list[tuple[str | None, DeclaredWebhook]] = []
+        for declared in manifest.spec.webhooks:
+            current = existing.get(declared.url)
+            if current is None:
+                todo.append((None, declared))
+            elif (current["events"], current["description"]) != (
+                declared.events,
+                declared.description,
+            ):
+                todo.append((current["id"], declared))
+        return todo
 
     async def plan(self, manifests: list[Manifest]) -> list[Change]:
         changes = []
@@ -197,6 +245,8 @@ class ManifestService:
                 continue
             current, declared = _current(tenant), manifest.declared()
             fields = tuple(name for name in DECLARED_FIELDS if current[name] != declared[name])
+            if await self._webhook_plan(tenant.id, manifest):
+                fields += ("webhooks",)
             action: Action = "updated" if fields else "unchanged"
             changes.append(Change(manifest.slug, file, action, fields))
         return changes
@@ -209,10 +259,25 @@ class ManifestService:
         by_slug = {manifest.slug: manifest for manifest in manifests}
         for change in changes:
             manifest = by_slug[change.slug]
+            spec = TenantCreate.model_validate(manifest.spec.model_dump(exclude={"webhooks"}))
             if change.action == "created":
-                await self._tenants.create(manifest.spec)
+                await self._tenants.create(spec)
             elif change.action == "updated":
                 declared = manifest.declared()
-                patch = TenantPatch.model_validate({name: declared[name] for name in change.fields})
-                await self._tenants.update(change.slug, patch)
+                names = [name for name in change.fields if name in DECLARED_FIELDS]
+                if names:
+                    patch = TenantPatch.model_validate({name: declared[name] for name in names})
+                    await self._tenants.update(change.slug, patch)
+            if change.action != "unchanged" and self._webhooks is not None:
+                await self._apply_webhooks(manifest)
         return changes
+
+    async def _apply_webhooks(self, manifest: Manifest) -> None:
+        assert self._webhooks is not None
+        tenant = await self._tenants.get(manifest.slug)
+        for endpoint_id, declared in await self._webhook_plan(tenant.id, manifest):
+            if endpoint_id is None:
+                await self._webhooks.create(tenant.id, tenant.slug, declared)
+            else:
+                patch = EndpointPatch(events=declared.events, description=declared.description)
+                await self._webhooks.update(tenant.id, tenant.slug, endpoint_id, patch)

@@ -180,9 +180,10 @@ async def check_target(url: str, allow_private: bool) -> None:
         addresses = [str(info[4][0]) for info in infos]
     refused = [a for a in addresses if forbidden_address(a)]
     if refused:
+        where = f"{host} is" if literal is not None else f"{host} resolves to {refused[0]},"
         raise TargetForbidden(
-            f"{host} resolves to {refused[0]}, a loopback, private, link-local or metadata "
-            "address (webhooks.allow_private_targets is off)"
+            f"{where} a loopback, private, link-local or metadata address "
+            "(webhooks.allow_private_targets is off)"
         )
 
 
