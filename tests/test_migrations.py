@@ -27,7 +27,9 @@ from tests.support import eventually_sync, free_port
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 INITIAL_TABLES = ["api_keys", "messages", "rooms", "signing_keys", "tenants"]
-WEBHOOK_TABLES = ["webhook_deliveries", "webhook_endpoints", "webhook_events"]
+WEBHOOK_TABLES = [
+    "webhook_deliveries", "webhook_endpoints", "webhook_events", "webhook_generation",
+]  # fmt: skip
 TABLES = sorted(INITIAL_TABLES + WEBHOOK_TABLES)
 HEAD = schema.head_revision()
 

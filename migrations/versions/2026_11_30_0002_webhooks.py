@@ -1,4 +1,4 @@
-"""webhooks: endpoints, the outbox of events, the delivery log
+"""webhooks: endpoints, the outbox of events, the delivery log, the endpoint generation
 
 Revision ID: 0002
 Revises: 0001
@@ -43,6 +43,13 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_webhook_endpoints_tenant_id", "webhook_endpoints", ["tenant_id"])
+    generation = op.create_table(
+        "webhook_generation",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("generation", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_webhook_generation"),
+    )
+    op.bulk_insert(generation, [{"id": 1, "generation": 0}])
     op.create_table(
         "webhook_events",
         sa.Column("id", big_id, primary_key=True, autoincrement=True),
@@ -113,5 +120,6 @@ def downgrade() -> None:
     op.drop_index("ix_webhook_deliveries_tenant_id_endpoint_id_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_events")
+    op.drop_table("webhook_generation")
     op.drop_index("ix_webhook_endpoints_tenant_id", table_name="webhook_endpoints")
     op.drop_table("webhook_endpoints")

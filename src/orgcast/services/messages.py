@@ -77,11 +77,14 @@ def wire(row: StoredRow, decode: BodyDecoder = json.loads) -> dict[str, Any]:
 
 
 class Outbox(Protocol):
-    """What the writer asks of webhooks: which tenants' messages need ``message.created`` rows,
-    and whom to tell that some were written."""
+    """What the writer asks of webhooks: which tenants' messages need ``message.created`` rows
+    (as of which endpoint generation), and whom to tell that some were written."""
 
     @property
     def message_tenants(self) -> frozenset[int]: ...
+
+    @property
+    def generation(self) -> int: ...
 
     def written(self) -> None: ...
 
@@ -206,16 +209,17 @@ class MessageService:
                 pending.future.set_result(row)
 
     async def _write(self, messages: list[NewMessage]) -> list[StoredRow]:
-        hooked = self._outbox.message_tenants if self._outbox is not None else frozenset()
+        outbox = self._outbox
+        hooks = None if outbox is None else store.Hooks(outbox.message_tenants, outbox.generation)
         if self._one_statement and all(m.client_id is None for m in messages):
             # One atomic statement: no BEGIN/COMMIT round trips around it.
             async with self._autocommit() as session:
-                rows = await store.write_batch(session, messages, hooked)
+                rows = await store.write_batch(session, messages, hooks)
         else:
             async with self._sessions.begin() as session:
-                rows = await store.write_batch(session, messages, hooked)
-        if hooked and self._outbox is not None and any(m.tenant_id in hooked for m in messages):
-            self._outbox.written()
+                rows = await store.write_batch(session, messages, hooks)
+        if hooks is not None and outbox is not None and hooks.written:
+            outbox.written()
         self.batches += 1
         self.stored += len(messages)
         self._metrics.batch(len(messages))

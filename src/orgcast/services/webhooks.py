@@ -6,12 +6,14 @@ message's own write, see ``store.messages``; presence-like events when they are 
 ``record``), and the delivery worker (``services.deliveries``) turns rows into signed batches.
 
 Which tenants have an enabled endpoint subscribed to ``message.created`` is kept in memory
-(``message_tenants``), so the message path of every other tenant runs exactly the statement it
-ran before webhooks existed. The set is reloaded when this node changes an endpoint, when the
-control bus announces a change (other nodes, the CLI), and every
-``database.watch_interval_seconds`` by the worker, whichever comes first. A new endpoint
-therefore takes ``message.created`` events of messages stored on this node at once, and on other
-nodes from the moment they learn of it (milliseconds with Redis, otherwise within that interval).
+(``message_tenants``) with the endpoint ``generation`` it was read at; every endpoint change
+bumps the generation in its own transaction. A message write stores events for the cached
+tenants only, unless the generation it sees in the database differs from the cached one: then it
+looks the subscriptions up itself. So a tenant without endpoints costs the message path one
+lookup of a one-row table per batch, and an endpoint takes every message committed after it, on
+every node, without waiting for the cache. The cache is reloaded when this node changes an
+endpoint, when the control bus announces a change (other nodes, the CLI), and every
+``database.watch_interval_seconds`` by the worker.
 
 Signatures follow the Standard Webhooks specification: ``webhook-signature`` is ``v1,`` and the
 base64 HMAC-SHA256 of ``{webhook-id}.{webhook-timestamp}.{body}`` keyed with the secret's bytes
@@ -231,6 +233,7 @@ class WebhookService:
         self.settings = settings
         self._control = control
         self.message_tenants: frozenset[int] = frozenset()
+        self.generation = -1  # none read yet: message writes look subscriptions up
         self.event_tenants: frozenset[int] = frozenset()  # any enabled endpoint
         self._wake: list[Any] = []
         control.subscribe(self._on_change)
@@ -245,7 +248,9 @@ class WebhookService:
 
     async def refresh(self) -> None:
         async with self.sessions() as session:
+            generation = await store.generation(session)
             rows = await store.subscriptions(session)
+        self.generation = generation
         self.event_tenants = frozenset(t for t, _ in rows)
         self.message_tenants = frozenset(
             t for t, events in rows if store.subscribes(events, MESSAGE_CREATED)
@@ -282,6 +287,7 @@ class WebhookService:
                 updated_at=now,
             )
             session.add(row)
+            await store.bump_generation(session)
         await self._changed(slug)
         return endpoint_dict(row, secret=True)
 
@@ -310,6 +316,7 @@ class WebhookService:
                 row.disabled_reason = None
                 row.failing_since = None
             row.updated_at = now_ms()
+            await store.bump_generation(session)
         await self._changed(slug)
         return endpoint_dict(row)
 

@@ -5,10 +5,10 @@ in the batch (``last_seq = last_seq + n``, which row-locks each room so concurre
 node queue behind each other), then one multi-row insert stores the messages. Rooms are upserted in
 (tenant, name) order so that two writers never take the same row locks in opposite orders.
 
-Webhooks' transactional outbox lives here too: for tenants in ``hooked`` (those with an enabled
-endpoint subscribed to ``message.created``), the same write stores one outbox row per message
-and endpoint, so an acked message always has its event. Batches of other tenants run the
-statement they always ran.
+Webhooks' transactional outbox lives here too: the same write stores one ``message.created``
+outbox row per message and subscribed endpoint, so an acked message always has its event. Which
+tenants subscribe comes from the caller's cache (``Hooks``), trusted only while the endpoint
+generation in the database is the one the cache was read at (see ``services.webhooks``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -32,6 +32,7 @@ from .models import Message, Room
 MESSAGES = cast(Table, Message.__table__)
 
 __all__ = [
+    "Hooks",
     "IntegrityError",
     "NewMessage",
     "StoredRow",
@@ -53,6 +54,16 @@ class NewMessage:
     sender_name: str | None
     body: str
     client_id: str | None
+
+
+@dataclass(slots=True)
+class Hooks:
+    """The tenants with ``message.created`` subscriptions as of endpoint ``generation``;
+    ``written`` is set when the write stored events (or may have: the exact path)."""
+
+    tenants: frozenset[int]
+    generation: int
+    written: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +95,10 @@ def one_statement(session: AsyncSession) -> bool:
 
 
 async def write_batch(
-    session: AsyncSession, batch: Sequence[NewMessage], hooked: Collection[int] = ()
+    session: AsyncSession, batch: Sequence[NewMessage], hooks: Hooks | None = None
 ) -> list[StoredRow]:
     """Store a batch; returns one row per input, in order (``duplicate`` for idempotent resends).
-    Messages of tenants in ``hooked`` get their ``message.created`` outbox rows in the same
-    write."""
+    With ``hooks``, messages get their ``message.created`` outbox rows in the same write."""
     now = int(time.time() * 1000)
     results: list[StoredRow | None] = [None] * len(batch)
 
@@ -116,7 +126,7 @@ async def write_batch(
 
     if fresh and one_statement(session):
         for i, stored in zip(
-            fresh, await _insert_postgresql(session, batch, fresh, now, hooked), strict=True
+            fresh, await _insert_postgresql(session, batch, fresh, now, hooks), strict=True
         ):
             results[i] = stored
     elif fresh:
@@ -163,8 +173,8 @@ async def write_batch(
             )
         # The table, not the class: a Core executemany, without the ORM's bulk-insert bookkeeping.
         await session.execute(insert(MESSAGES), rows)
-        if hooked:
-            await _insert_events(session, [(batch[i], results[i]) for i in fresh], hooked, now)
+        if hooks is not None:
+            await _insert_events(session, [(batch[i], results[i]) for i in fresh], hooks, now)
 
     for i, message in enumerate(batch):
         if results[i] is None:
@@ -207,7 +217,8 @@ RETURNING id, seq
 
 
 # The same statement, which also writes the outbox rows of message.created for every enabled
-# endpoint that takes it (of the tenants in :hooked). ``data`` is the broadcast shape of the
+# endpoint that takes it: of the tenants in :hooked, or of any tenant when the endpoint generation
+# is not :generation (the caller's cache is stale). ``data`` is the broadcast shape of the
 # message; the body is the stored JSON text, cast to json (kept as written, not re-encoded).
 _INSERT_BATCH_WITH_EVENTS = text(
     _INSERT_BATCH.text.replace(
@@ -236,6 +247,7 @@ events AS (
     JOIN webhook_endpoints e ON e.tenant_id = b.tenant_id AND e.enabled
          AND CAST(e.events AS jsonb) ?| ARRAY['message.created', '*']
     WHERE b.tenant_id = ANY(CAST(:hooked AS BIGINT[]))
+       OR (SELECT generation FROM webhook_generation WHERE id = 1) <> CAST(:generation AS BIGINT)
     ORDER BY b.tenant_id, b.room, i.seq
 )
 SELECT id, seq FROM inserted
@@ -249,7 +261,7 @@ async def _insert_postgresql(
     batch: Sequence[NewMessage],
     fresh: list[int],
     now: int,
-    hooked: Collection[int],
+    hooks: Hooks | None,
 ) -> list[StoredRow]:
     """Store ``batch[i]`` for each ``i`` in ``fresh`` in one statement; rows in that order."""
     counts: dict[tuple[int, str], int] = defaultdict(int)
@@ -273,10 +285,13 @@ async def _insert_postgresql(
         "now": now,
     }
     statement = _INSERT_BATCH
-    hooks = [t for t in {m.tenant_id for m in messages} if t in hooked]
-    if hooks:
+    if hooks is not None:
         statement = _INSERT_BATCH_WITH_EVENTS
-        params["hooked"] = hooks
+        hooked = [t for t in {m.tenant_id for m in messages} if t in hooks.tenants]
+        params.update(hooked=hooked, generation=hooks.generation)
+        # Rows are written for these tenants, or for any if the generation moved: the caller
+        # only needs to know whether to wake the worker, so a stale cache counts as written.
+        hooks.written = bool(hooked) or hooks.generation < 0
     seqs: dict[str, int] = {row[0]: row[1] for row in await session.execute(statement, params)}
     return [
         StoredRow(id_, m.room, seqs[id_], now, m.sender_id, m.sender_name, m.body, m.client_id)
@@ -287,15 +302,18 @@ async def _insert_postgresql(
 async def _insert_events(
     session: AsyncSession,
     stored: Sequence[tuple[NewMessage, StoredRow | None]],
-    hooked: Collection[int],
+    hooks: Hooks,
     now: int,
 ) -> None:
     """The outbox rows of ``message.created`` for messages just inserted (the path of SQLite,
     where the batch is a transaction of several statements)."""
-    tenants = {m.tenant_id for m, _ in stored if m.tenant_id in hooked}
+    tenants = {m.tenant_id for m, _ in stored}
+    if await webhooks.generation(session) == hooks.generation:
+        tenants &= hooks.tenants
     endpoints = await webhooks.subscribed(session, tenants, webhooks.MESSAGE_CREATED)
     if not endpoints:
         return
+    hooks.written = True
     events = []
     for message, row in stored:
         assert row is not None

@@ -147,6 +147,17 @@ class WebhookEndpoint(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class WebhookGeneration(Base):
+    """One row counting changes to webhook endpoints. Nodes cache which tenants subscribe to
+    ``message.created`` together with the generation they read; a message write that finds
+    another generation does the exact lookup instead of trusting the cache."""
+
+    __tablename__ = "webhook_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class WebhookEvent(Base):
     """The outbox: one event for one endpoint, written in the transaction of what it reports and
     not yet put into a delivery. Rows leave this table when a worker batches them into a

@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import Table, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from .models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookGeneration
 
 EVENTS = cast(Table, WebhookEvent.__table__)
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
@@ -28,9 +28,11 @@ MESSAGE_CREATED = "message.created"
 __all__ = [
     "Claimed",
     "NewEvent",
+    "bump_generation",
     "claim",
     "count_endpoints",
     "delete_endpoint",
+    "generation",
     "get_delivery",
     "get_endpoint",
     "insert_events",
@@ -54,6 +56,23 @@ def subscribes(events: Iterable[str], event_type: str) -> bool:
 
 
 # -- endpoints ------------------------------------------------------------------------------------
+
+
+async def generation(session: AsyncSession) -> int:
+    """The endpoint generation: read it before the subscriptions it goes with."""
+    value = await session.scalar(
+        select(WebhookGeneration.generation).where(WebhookGeneration.id == 1)
+    )
+    return int(value or 0)
+
+
+async def bump_generation(session: AsyncSession) -> None:
+    """In the transaction that changes an endpoint: every node's cached set is now suspect."""
+    await session.execute(
+        update(WebhookGeneration)
+        .where(WebhookGeneration.id == 1)
+        .values(generation=WebhookGeneration.generation + 1)
+    )
 
 
 async def subscriptions(session: AsyncSession) -> list[tuple[int, list[str]]]:
@@ -106,6 +125,7 @@ async def get_endpoint(
 
 
 async def delete_endpoint(session: AsyncSession, tenant_id: int, endpoint_id: str) -> bool:
+    await bump_generation(session)
     # Child rows first: does not depend on the database enforcing ON DELETE CASCADE.
     for model in (WebhookEvent, WebhookDelivery):
         await session.execute(
