@@ -9,6 +9,10 @@ Each scenario runs against the reference, then orgcast; the table prints the rat
 targets, and the full JSON (steps, percentiles, CPU of server, generator and PostgreSQL backends)
 goes to ``benchmarks/results/<timestamp>.json``.
 
+A variant with ``ORGCAST_BENCH_WEBHOOK=1`` also gets a fast local webhook receiver
+(``benchmarks/webhook_receiver.py``) and one endpoint on the benchmark tenant subscribed to
+``message.created``; its chat results then carry the webhook delivery lag.
+
 Scenarios: memory (RSS per idle socket), storm (connect storm with JWTs), fanout (1 room x 200
 clients, saturation search), chat (500 rooms of 2, everyone sending), recovery (join since,
 replaying 10,000 messages), tenants (connect latency with 10 / 1,000 / 10,000 tenants).
@@ -221,6 +225,8 @@ def start_orgcast(
         "ORGCAST_MESSAGES__REPLAY_PAGE": "10000",
         **(overrides or {}),
     }
+    if env.get("ORGCAST_BENCH_WEBHOOK") == "1":
+        env["ORGCAST_WEBHOOKS__ALLOW_PRIVATE_TARGETS"] = "true"  # the receiver is on 127.0.0.1
     # Every orgcast runs through the variant launcher: it applies benchmark-only switches that
     # have no setting (the JSON codec) and otherwise is `orgcast serve`.
     cmd = [sys.executable, str(HERE / "orgcast_variant.py"), "serve", "--port", str(port)]
@@ -252,7 +258,60 @@ def start_orgcast(
     )
     target = Target(name, proc, url, "/" + SLUG, (key["kid"], key["secret"]), db=db_url)
     target.extra["api_token"] = minted["token"]
+    if (overrides or {}).get("ORGCAST_BENCH_WEBHOOK") == "1":
+        target.extra["receiver"] = start_receiver(cpu)
+        http(
+            "POST",
+            f"{url}/api/v1/tenants/{SLUG}/webhooks",
+            {"url": target.extra["receiver"][1] + "/hook", "events": ["message.created"]},
+            ADMIN_TOKEN,
+        )
     return target
+
+
+def start_receiver(cpu: int | None) -> tuple[subprocess.Popen[bytes], str]:
+    """The webhook receiver, on the servers' CPU (it is part of what the server side costs)."""
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "webhook_receiver.py"), "--port", str(port)]
+    proc = subprocess.Popen(pinned(cmd, cpu), stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            http("GET", url + "/samples")
+            return proc, url
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError("webhook receiver did not start")
+
+
+def percentile(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def webhook_lag(target: Target, duration_s: float) -> dict[str, Any] | None:
+    """Lag of the events delivered during the last run: overall, and for the events created in
+    the run's last ``duration_s`` (the chat scenario's half-saturation phase)."""
+    receiver = target.extra.get("receiver")
+    if receiver is None:
+        return None
+    data = http("GET", receiver[1] + "/samples")
+    http("POST", receiver[1] + "/reset")
+    created, lags = data["created_at"], data["lag_ms"]
+    last = max(created, default=0)
+    tail = [lag for c, lag in zip(created, lags, strict=True) if c >= last - duration_s * 1000]
+    return {
+        "events": len(lags),
+        "requests": data["requests"],
+        "lag_p50_ms": percentile(lags, 0.5),
+        "lag_p99_ms": percentile(lags, 0.99),
+        "half_events": len(tail),
+        "half_lag_p50_ms": percentile(tail, 0.5),
+        "half_lag_p99_ms": percentile(tail, 0.99),
+    }
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -452,7 +511,11 @@ def run_fanout(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, A
 
 def run_chat(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
     config = {**base(target, "chat", 1000), "clients": 1000, "window": 1, "grace_s": 3, **p}
-    return measure(target, gen, config)
+    out = measure(target, gen, config)
+    lag = webhook_lag(target, p["duration_s"])
+    if lag is not None:
+        out["webhooks"] = lag
+    return out
 
 
 def run_recovery(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
@@ -771,6 +834,13 @@ def ab_metrics(scenario: str, run: dict[str, Any]) -> dict[str, float | None]:
             "chat msgs per server CPU-s": per_cpu(sat, "stored_and_delivered_per_s"),
             "chat ack p50 ms at saturation": (sat.get("ack_latency") or {}).get("p50_ms"),
             "chat p99 ms at half saturation": (half.get("latency") or {}).get("p99_ms"),
+            "chat webhook lag p50 ms (half saturation)": (run.get("webhooks") or {}).get(
+                "half_lag_p50_ms"
+            ),
+            "chat webhook lag p99 ms (half saturation)": (run.get("webhooks") or {}).get(
+                "half_lag_p99_ms"
+            ),
+            "chat webhook lag p99 ms (whole run)": (run.get("webhooks") or {}).get("lag_p99_ms"),
         }
     if scenario == "storm":
         return {
@@ -910,6 +980,8 @@ def main() -> int:
     finally:
         for target in targets:
             stop(target.proc)
+            if "receiver" in target.extra:
+                stop(target.extra["receiver"][0])
         for name in db_names:
             with contextlib.suppress(OSError, asyncpg.PostgresError):
                 drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'

@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..logs import Repeated
-from .presence import LocalPresence
+from .presence import HIDDEN_ROOM_PREFIX, LocalPresence
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,20 @@ class RedisPresence:
             unique.setdefault(member["id"], member)
         return list(unique.values())
 
+    async def present(self, tenant: str, room: str, user_id: str) -> bool:
+        try:
+            return bool(await self._redis.hexists(self._room_keys(tenant, room)[1], user_id))
+        except REDIS_ERRORS:
+            self._degraded("present")
+            return await self.local.present(tenant, room, user_id)
+
     async def rooms(self, tenant: str) -> dict[str, int]:
         try:
-            names = sorted(map(_text, await self._redis.smembers(f"{self._p}:rooms:{tenant}")))
+            names = sorted(
+                name
+                for name in map(_text, await self._redis.smembers(f"{self._p}:rooms:{tenant}"))
+                if not name.startswith(HIDDEN_ROOM_PREFIX)
+            )
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.hlen(self._room_keys(tenant, name)[1])

@@ -13,11 +13,16 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Protocol
 
+# Rooms whose names start with this are the server's own bookkeeping (clients cannot name them:
+# "~" is not allowed in room names) and are left out of room listings.
+HIDDEN_ROOM_PREFIX = "~"
+
 
 class Presence(Protocol):
     async def join(self, tenant: str, room: str, sid: str, member: dict[str, str]) -> bool: ...
     async def leave(self, tenant: str, room: str, sid: str, user_id: str) -> bool: ...
     async def members(self, tenant: str, room: str) -> list[dict[str, str]]: ...
+    async def present(self, tenant: str, room: str, user_id: str) -> bool: ...
     async def rooms(self, tenant: str) -> dict[str, int]: ...
     async def forget_tenant(self, tenant: str) -> None: ...
     async def acquire(self, tenant: str, limit: int) -> bool: ...
@@ -61,8 +66,15 @@ class LocalPresence:
         users = self._rooms.get(tenant, {}).get(room, {})
         return [dict(member) for member, _ in users.values()]
 
+    async def present(self, tenant: str, room: str, user_id: str) -> bool:
+        return user_id in self._rooms.get(tenant, {}).get(room, {})
+
     async def rooms(self, tenant: str) -> dict[str, int]:
-        return {room: len(users) for room, users in self._rooms.get(tenant, {}).items()}
+        return {
+            room: len(users)
+            for room, users in self._rooms.get(tenant, {}).items()
+            if not room.startswith(HIDDEN_ROOM_PREFIX)
+        }
 
     async def forget_tenant(self, tenant: str) -> None:
         self._rooms.pop(tenant, None)

@@ -235,8 +235,14 @@ class WebhookService:
         self.message_tenants: frozenset[int] = frozenset()
         self.generation = -1  # none read yet: message writes look subscriptions up
         self.event_tenants: frozenset[int] = frozenset()  # any enabled endpoint
+        self._types: dict[int, frozenset[str]] = {}
         self._wake: list[Any] = []
         control.subscribe(self._on_change)
+
+    def wants(self, tenant_id: int, types: Iterable[str]) -> bool:
+        """Whether an enabled endpoint of the tenant takes one of these types (as cached)."""
+        subscribed = self._types.get(tenant_id, frozenset())
+        return "*" in subscribed or any(t in subscribed for t in types)
 
     # The worker registers here to hear of new outbox rows written by this node.
     def on_written(self, callback: Any) -> None:
@@ -252,6 +258,10 @@ class WebhookService:
             rows = await store.subscriptions(session)
         self.generation = generation
         self.event_tenants = frozenset(t for t, _ in rows)
+        types: dict[int, set[str]] = {}
+        for tenant_id, events in rows:
+            types.setdefault(tenant_id, set()).update(events)
+        self._types = {t: frozenset(names) for t, names in types.items()}
         self.message_tenants = frozenset(
             t for t, events in rows if store.subscribes(events, MESSAGE_CREATED)
         )
