@@ -114,7 +114,7 @@ async def pair(
             await stack.enter_async_context(
                 start_server(
                     node_settings(database_url, tmp_path / str(i), redis=redis, webhooks=FAST)
-                )  # fmt: skip
+                )
             )
             for i in range(2)
         ]
