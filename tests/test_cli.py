@@ -17,6 +17,7 @@ import jwt
 import pytest
 import socketio
 
+from orgcast.store import schema
 from tests.support import RedisSettings, node_settings, start_server
 
 ORGCAST = Path(sys.executable).parent / "orgcast"
@@ -403,7 +404,7 @@ def test_a_postgres_schema_not_at_head_is_refused_with_the_upgrade_command(
     refused = cli("tenants", "list")
     assert refused.code == 1
     assert refused.err == (
-        "orgcast: the database schema is at nothing, not at 0001: "
+        f"orgcast: the database schema is at nothing, not at {schema.head_revision()}: "
         "run: orgcast db upgrade (or alembic upgrade head)\n"
     )
     assert cli("tenants", "list", "--json").json()["error"]["code"] == "schema_not_at_head"
@@ -416,7 +417,7 @@ def test_the_embedded_sqlite_file_is_created_and_migrated_on_first_use(tmp_path:
     assert not (tmp_path / "data").exists()
     assert cli.ok("tenants", "list").out == "no tenants\n"
     assert (tmp_path / "data" / "orgcast.sqlite3").is_file()
-    assert cli.ok("db", "current", "--json").json()["current"] == "0001"
+    assert cli.ok("db", "current", "--json").json()["current"] == schema.head_revision()
 
 
 def test_python_dash_m_orgcast_reports_failures_without_a_traceback(tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ async def claim(
         .with_for_update(skip_locked=True, of=D)
     )
     if taken:
-        due = due.where(D.endpoint_id.not_in(taken))
+        due = due.where(D.endpoint_id.not_in(sorted(taken)))
     for row in await session.execute(due):
         if row.endpoint_id in taken:
             continue
@@ -268,7 +268,7 @@ async def claim(
         .with_for_update(skip_locked=True, of=V)
     )
     if taken:
-        pending = pending.where(V.endpoint_id.not_in(taken))
+        pending = pending.where(V.endpoint_id.not_in(sorted(taken)))
     batches: dict[str, list[Any]] = {}
     for event in await session.execute(pending):
         batch = batches.setdefault(event.endpoint_id, [])
