@@ -130,6 +130,7 @@ class WebhooksSettings(Section):
     retry_jitter: float = Field(0.2, ge=0, le=1)
     poll_interval_seconds: float = Field(1.0, gt=0, le=60)
     max_in_flight: int = Field(64, ge=1, le=10_000)
+    endpoint_concurrency: int = Field(4, ge=1, le=100)
 
     @field_validator("retry_schedule_seconds")
     @classmethod

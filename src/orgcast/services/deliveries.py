@@ -1,12 +1,12 @@
 """The webhook delivery worker: every node runs one; rows are claimed with a lease.
 
 Each round is one transaction (``store.webhooks.claim``): it leases due retries and batches
-outbox events into new deliveries, at most one delivery per endpoint at a time on this node, so
-one slow endpoint holds only its own slot: other endpoints and tenants keep their own pace, and
-the message path never waits on any of it. A round runs when this node wrote outbox rows, when a
-delivery finishes, or every ``poll_interval_seconds`` (rows written by other nodes, retries
-coming due). A node that dies holding leases loses them after ``timeout_seconds`` + 15 s; another
-node (or the restarted one) then retries those deliveries.
+outbox events into new deliveries, at most ``endpoint_concurrency`` deliveries per endpoint at a
+time on this node, so one slow endpoint holds only its own slots: other endpoints and tenants keep
+their own pace, and the message path never waits on any of it. A round runs when this node
+wrote outbox rows, when a delivery finishes, or every ``poll_interval_seconds`` (rows written by
+other nodes, retries coming due). A node that dies holding leases loses them after
+``timeout_seconds`` + 15 s; another node (or the restarted one) then retries those deliveries.
 
 An attempt is one POST with ``allow_redirects=False`` and a total timeout. A 2xx is success; a
 410 fails the delivery and disables the endpoint; anything else (another status, a redirect,
@@ -79,7 +79,8 @@ class DeliveryWorker:
         self._webhooks = webhooks
         self._refresh_interval = refresh_interval
         self._wake = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._busy: dict[str, int] = {}  # endpoint id -> deliveries in flight here
         self._lease_ms = int((settings.timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
         self._warned_at = 0.0
         self.attempts = 0
@@ -118,7 +119,7 @@ class DeliveryWorker:
                             await self._wake.wait()
                     await asyncio.sleep(MIN_ROUND_INTERVAL)
             finally:
-                tasks = list(self._tasks.values())
+                tasks = list(self._tasks)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -138,17 +139,22 @@ class DeliveryWorker:
                 session,
                 now=now_ms(),
                 lease_ms=self._lease_ms,
-                busy=set(self._tasks),
+                busy=self._busy,
+                per_endpoint=self._settings.endpoint_concurrency,
                 limit=room,
                 max_batch=self._settings.max_batch,
             )
         for delivery in claimed:
             task = asyncio.create_task(self._deliver(http, delivery))
-            self._tasks[delivery.endpoint_id] = task
+            self._tasks.add(task)
+            self._busy[delivery.endpoint_id] = self._busy.get(delivery.endpoint_id, 0) + 1
             task.add_done_callback(partial(self._done, delivery.endpoint_id))
 
-    def _done(self, endpoint_id: str, _: object) -> None:
-        self._tasks.pop(endpoint_id, None)
+    def _done(self, endpoint_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        left = self._busy.pop(endpoint_id, 1) - 1
+        if left > 0:
+            self._busy[endpoint_id] = left
         self._wake.set()
 
     async def _deliver(self, http: aiohttp.ClientSession, delivery: store.Claimed) -> None:

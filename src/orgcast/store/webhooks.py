@@ -11,7 +11,7 @@ same moment never take the same row; SQLite has one writer at a time and one nod
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -216,15 +216,17 @@ async def claim(
     *,
     now: int,
     lease_ms: int,
-    busy: Collection[str],
+    busy: Mapping[str, int],
+    per_endpoint: int,
     limit: int,
     max_batch: int,
 ) -> list[Claimed]:
-    """Lease at most one delivery per endpoint not in ``busy``: a due retry if there is one,
-    else a new delivery of up to ``max_batch`` outbox events, oldest first. Run it inside a
-    transaction; the leases hold once it commits."""
-    D, E = WebhookDelivery, WebhookEndpoint
-    taken = set(busy)
+    """Lease deliveries for endpoints with a free slot (``per_endpoint`` minus ``busy``): due
+    retries first, then new deliveries of up to ``max_batch`` outbox events each, oldest events
+    first. Run it inside a transaction; the leases hold once it commits."""
+    D, E, V = WebhookDelivery, WebhookEndpoint, WebhookEvent
+    free = {endpoint: per_endpoint - count for endpoint, count in busy.items()}
+    full = sorted(e for e, n in free.items() if n <= 0)
     claimed: list[Claimed] = []
 
     due = (
@@ -240,12 +242,12 @@ async def claim(
         .limit(limit)
         .with_for_update(skip_locked=True, of=D)
     )
-    if taken:
-        due = due.where(D.endpoint_id.not_in(sorted(taken)))
+    if full:
+        due = due.where(D.endpoint_id.not_in(full))
     for row in await session.execute(due):
-        if row.endpoint_id in taken:
+        if free.setdefault(row.endpoint_id, per_endpoint) <= 0:
             continue
-        taken.add(row.endpoint_id)
+        free[row.endpoint_id] -= 1
         claimed.append(
             Claimed(
                 row.id, row.tenant_id, row.endpoint_id, row.url, _secrets(row, now),
@@ -256,29 +258,40 @@ async def claim(
         await session.execute(
             update(D).where(D.id.in_([c.id for c in claimed])).values(lease_until=now + lease_ms)
         )
+    if len(claimed) >= limit:
+        return claimed
 
-    V = WebhookEvent
+    full = sorted(e for e, n in free.items() if n <= 0)
     pending = (
         select(*_EVENT_COLUMNS, Tenant.slug, *_ENDPOINT_COLUMNS)
         .join(E, E.id == V.endpoint_id)
         .join(Tenant, Tenant.id == V.tenant_id)
         .where(E.enabled.is_(True))
         .order_by(V.id)
-        .limit(max_batch * 2)
+        .limit(max_batch * per_endpoint)
         .with_for_update(skip_locked=True, of=V)
     )
-    if taken:
-        pending = pending.where(V.endpoint_id.not_in(sorted(taken)))
-    batches: dict[str, list[Any]] = {}
+    if full:
+        pending = pending.where(V.endpoint_id.not_in(full))
+    # Consecutive events of one endpoint, cut into batches of max_batch, as many as it has
+    # free slots; rows beyond that stay for a later round.
+    batches: list[list[Any]] = []
+    open_batch: dict[str, list[Any]] = {}
     for event in await session.execute(pending):
-        batch = batches.setdefault(event.endpoint_id, [])
-        if len(batch) < max_batch:
-            batch.append(event)
+        endpoint = event.endpoint_id
+        batch = open_batch.get(endpoint)
+        if batch is None or len(batch) >= max_batch:
+            if free.setdefault(endpoint, per_endpoint) <= 0 or len(claimed) + len(batches) >= limit:
+                continue
+            free[endpoint] -= 1
+            batch = open_batch[endpoint] = []
+            batches.append(batch)
+        batch.append(event)
     if not batches:
         return claimed
     used: list[int] = []
     deliveries: list[dict[str, Any]] = []
-    for endpoint_id, rows in batches.items():
+    for rows in batches:
         body = orjson.dumps(
             {
                 "events": [
@@ -299,7 +312,7 @@ async def claim(
             {
                 "id": delivery_id,
                 "tenant_id": first.tenant_id,
-                "endpoint_id": endpoint_id,
+                "endpoint_id": first.endpoint_id,
                 "event_ids": [r.event_id for r in rows],
                 "body": body.decode(),
                 "status": "pending",
@@ -313,8 +326,8 @@ async def claim(
         used += [r.id for r in rows]
         claimed.append(
             Claimed(
-                delivery_id, first.tenant_id, endpoint_id, first.url, _secrets(first, now), body,
-                0, now,
+                delivery_id, first.tenant_id, first.endpoint_id, first.url, _secrets(first, now),
+                body, 0, now,
             )
         )  # fmt: skip
     await session.execute(insert(DELIVERIES), deliveries)
