@@ -34,9 +34,23 @@ from .services.hub_metrics import HubMetrics
 from .services.messages import MessageService
 from .services.retention import RetentionTask
 from .services.tenants import TenantService
+from .services.webhook_presence import (
+    Announcements,
+    LocalAnnouncements,
+    PresenceWebhooks,
+    RedisAnnouncements,
+)
 from .services.webhooks import WebhookService
 from .settings import Settings
-from .state import METRICS, REALTIME, SERVICES, SETTINGS, WEBHOOK_WORKER, Services
+from .state import (
+    METRICS,
+    PRESENCE_WEBHOOKS,
+    REALTIME,
+    SERVICES,
+    SETTINGS,
+    WEBHOOK_WORKER,
+    Services,
+)
 from .store import schema
 from .store.engine import DB_ERRORS, create_autocommit_sessions, create_engine, create_sessions
 
@@ -122,6 +136,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         if app[METRICS].enabled:
             hub.add_listener(HubMetrics(app[METRICS]))
             hub.ordering.on_repair = app[METRICS].gap_repair
+        app[PRESENCE_WEBHOOKS] = _presence_webhooks(settings, webhooks, directory, hub, redis)
         services = Services(
             settings=settings,
             admin_token=token,
@@ -185,8 +200,36 @@ async def _load_webhooks(webhooks: WebhookService) -> None:
         ) from None
 
 
+def _presence_webhooks(
+    settings: Settings,
+    webhooks: WebhookService,
+    directory: TenantDirectory,
+    hub: Hub,
+    redis: Redis | None,
+) -> PresenceWebhooks:
+    """Presence-like webhook events, from the Hub's presence transitions."""
+
+    def tenant_id(slug: str) -> int | None:
+        keys = directory.cached(slug)
+        return None if keys is None else keys.tenant.id
+
+    announcements: Announcements = (
+        LocalAnnouncements() if redis is None else RedisAnnouncements(redis, settings.redis.channel)
+    )
+    listener = PresenceWebhooks(
+        webhooks,
+        tenant_id,
+        lambda: hub.presence,
+        announcements,
+        settings.webhooks.presence_grace_seconds,
+    )
+    hub.add_listener(listener)
+    return listener
+
+
 async def _webhook_worker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The webhook delivery worker: claims due deliveries, on every node."""
+    """The webhook delivery worker (claims due deliveries, on every node) and the decisions of
+    presence-like events after their grace."""
     services = app[SERVICES]
     settings = app[SETTINGS]
     worker = DeliveryWorker(
@@ -196,12 +239,16 @@ async def _webhook_worker_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.database.watch_interval_seconds,
     )
     app[WEBHOOK_WORKER] = worker
-    task = asyncio.create_task(worker.run(), name="orgcast-webhooks")
+    tasks = [
+        asyncio.create_task(worker.run(), name="orgcast-webhooks"),
+        asyncio.create_task(app[PRESENCE_WEBHOOKS].run(), name="orgcast-webhook-presence"),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _redis_clients(settings: Settings) -> tuple[Redis | None, Redis | None]:

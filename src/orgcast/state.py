@@ -20,6 +20,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .realtime.server import Realtime
     from .services.deliveries import DeliveryWorker
+    from .services.webhook_presence import PresenceWebhooks
 
 
 @dataclass
@@ -42,3 +43,4 @@ SERVICES = web.AppKey("services", Services)
 REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
 METRICS = web.AppKey("metrics", Metrics)
 WEBHOOK_WORKER: web.AppKey[DeliveryWorker] = web.AppKey("webhook_worker")
+PRESENCE_WEBHOOKS: web.AppKey[PresenceWebhooks] = web.AppKey("presence_webhooks")

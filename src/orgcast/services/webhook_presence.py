@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..store.engine import DB_ERRORS
+from .hub import Connection, HubListener
 from .presence import HIDDEN_ROOM_PREFIX, Presence
 from .webhooks import WebhookService
 
@@ -118,7 +119,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class PresenceWebhooks:
+class PresenceWebhooks(HubListener):
     """A Hub listener that turns presence transitions into webhook events (see the module)."""
 
     def __init__(
@@ -153,7 +154,7 @@ class PresenceWebhooks:
 
     # -- hub hooks ------------------------------------------------------------------------------
 
-    async def on_admitted(self, conn: Any) -> None:
+    async def on_admitted(self, conn: Connection) -> None:
         tenant_id = self._wants(conn.slug, USER_TYPES)
         if tenant_id is None:
             return
@@ -166,7 +167,7 @@ class PresenceWebhooks:
         except Exception:
             log.exception("webhooks: user.online for %s not decided", conn.slug)
 
-    async def on_disconnected(self, conn: Any) -> None:
+    async def on_disconnected(self, conn: Connection) -> None:
         if (conn.slug, conn.sid) not in self._tracked:
             return
         self._tracked.discard((conn.slug, conn.sid))

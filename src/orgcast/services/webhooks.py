@@ -38,11 +38,12 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from ..errors import NotFound, TargetForbidden, WebhookLimit
+from ..errors import DeliveryNotFound, TargetForbidden, WebhookLimit, WebhookNotFound
 from ..settings import WebhooksSettings
 from ..store import webhooks as store
 from ..store.engine import Sessions
 from ..store.models import WebhookDelivery, WebhookEndpoint
+from . import db_boundary
 from .control import ControlBus
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,7 @@ class WebhookService:
 
     # -- endpoints ------------------------------------------------------------------------------
 
+    @db_boundary()
     async def create(self, tenant_id: int, slug: str, spec: EndpointCreate) -> dict[str, Any]:
         await check_target(spec.url, self.settings.allow_private_targets)
         now = now_ms()
@@ -301,14 +303,17 @@ class WebhookService:
         await self._changed(slug)
         return endpoint_dict(row, secret=True)
 
+    @db_boundary()
     async def list_endpoints(self, tenant_id: int) -> list[dict[str, Any]]:
         async with self.sessions() as session:
             return [endpoint_dict(r) for r in await store.list_endpoints(session, tenant_id)]
 
+    @db_boundary()
     async def get_endpoint(self, tenant_id: int, endpoint_id: str) -> dict[str, Any]:
         async with self.sessions() as session:
             return endpoint_dict(await self._require(session, tenant_id, endpoint_id))
 
+    @db_boundary()
     async def update(
         self, tenant_id: int, slug: str, endpoint_id: str, patch: EndpointPatch
     ) -> dict[str, Any]:
@@ -330,12 +335,14 @@ class WebhookService:
         await self._changed(slug)
         return endpoint_dict(row)
 
+    @db_boundary()
     async def delete(self, tenant_id: int, slug: str, endpoint_id: str) -> None:
         async with self.sessions.begin() as session:
             if not await store.delete_endpoint(session, tenant_id, endpoint_id):
-                raise NotFound(f"no webhook endpoint {endpoint_id!r}", code="webhook_not_found")
+                raise WebhookNotFound(f"no webhook endpoint {endpoint_id!r}")
         await self._changed(slug)
 
+    @db_boundary()
     async def rotate_secret(self, tenant_id: int, endpoint_id: str) -> dict[str, Any]:
         """A new secret; the old one keeps signing for ``rotation_overlap_hours``."""
         now = now_ms()
@@ -353,6 +360,7 @@ class WebhookService:
 
     # -- the delivery log -----------------------------------------------------------------------
 
+    @db_boundary()
     async def deliveries(
         self, tenant_id: int, endpoint_id: str, *, cursor: str | None, limit: int
     ) -> tuple[list[dict[str, Any]], str | None]:
@@ -364,6 +372,7 @@ class WebhookService:
         page = [delivery_dict(r) for r in rows[:limit]]
         return page, (page[-1]["id"] if len(rows) > limit else None)
 
+    @db_boundary()
     async def redeliver(self, tenant_id: int, endpoint_id: str, delivery_id: str) -> dict[str, Any]:
         """Send a delivery's events again, as a new delivery (its own id and attempts)."""
         now = now_ms()
@@ -371,7 +380,7 @@ class WebhookService:
             await self._require(session, tenant_id, endpoint_id)
             original = await store.get_delivery(session, tenant_id, endpoint_id, delivery_id)
             if original is None:
-                raise NotFound(f"no delivery {delivery_id!r}", code="delivery_not_found")
+                raise DeliveryNotFound(f"no delivery {delivery_id!r}")
             copy = WebhookDelivery(
                 id=store.new_id("msg_", now),
                 tenant_id=tenant_id,
@@ -417,5 +426,5 @@ class WebhookService:
     ) -> WebhookEndpoint:
         row = await store.get_endpoint(session, tenant_id, endpoint_id, lock=lock)
         if row is None:
-            raise NotFound(f"no webhook endpoint {endpoint_id!r}", code="webhook_not_found")
+            raise WebhookNotFound(f"no webhook endpoint {endpoint_id!r}")
         return row

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text
