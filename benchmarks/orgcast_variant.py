@@ -9,6 +9,8 @@ a transaction with a room upsert and a message insert. ``ORGCAST_BENCH_POLL=libr
 engine's own ``AsyncSocket.poll`` (a task per wake-up) on every socket.
 ``ORGCAST_BENCH_ORDERING=off`` sends stored messages straight to the room, without ordered
 delivery's per-room state (the cost of DESIGN §11 on one node).
+``ORGCAST_BENCH_OUTBOX=off`` stores messages with the statement of before webhooks (no outbox
+CTEs, no endpoint generation check): what a node without webhooks would cost.
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -64,6 +66,16 @@ def _unordered() -> None:
     OrderedDelivery.deliver_own = deliver_own  # type: ignore[method-assign,assignment]
     for name in ("joining", "joined", "left", "sending", "sent"):
         setattr(OrderedDelivery, name, nothing)
+def _no_outbox() -> None:
+    from orgcast.services import messages
+
+    original = messages.MessageService.__init__
+
+    def without_outbox(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["outbox"] = None
+        original(self, *args, **kwargs)
+
+    messages.MessageService.__init__ = without_outbox  # type: ignore[method-assign]
 
 
 def main() -> int:
@@ -71,6 +83,8 @@ def main() -> int:
         _stdlib_codec()
     if os.environ.get("ORGCAST_BENCH_STORE") == "statements":
         _store_statements()
+    if os.environ.get("ORGCAST_BENCH_OUTBOX") == "off":
+        _no_outbox()
     if os.environ.get("ORGCAST_BENCH_POLL") == "library":
         from orgcast.realtime import patches
 

@@ -15,7 +15,7 @@ from orgcast.api import schemas
 from orgcast.api.routes import ROUTES, Route
 from orgcast.settings import MetricsSettings
 from tests.support import Server, eventually, node_settings, start_server, unique_slug
-from tests.webhooks_support import FAST, receiver
+from tests.webhooks_support import FAST, quiet_endpoints, receiver
 
 OPENAPI = "/api/v1/openapi.json"
 
@@ -27,6 +27,12 @@ async def metrics_server(database_url: str, tmp_path: Path) -> AsyncIterator[Ser
     )
     async with start_server(settings) as node:
         yield node
+
+
+@pytest.fixture(autouse=True)
+async def _quiet_endpoints(database_url: str) -> AsyncIterator[None]:
+    yield
+    await quiet_endpoints(database_url)
 
 
 def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

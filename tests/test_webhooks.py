@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from orgcast.settings import WebhooksSettings
 from orgcast.state import WEBHOOK_WORKER
 from tests.support import Server, Tenant, eventually, node_settings, start_server
-from tests.webhooks_support import FAST, Receiver, receiver
+from tests.webhooks_support import FAST, Receiver, quiet_endpoints, receiver
 
 
 @pytest.fixture
@@ -29,6 +29,12 @@ async def node(database_url: str, tmp_path: Path) -> AsyncIterator[Server]:
 async def target() -> AsyncIterator[Receiver]:
     async with receiver() as found:
         yield found
+
+
+@pytest.fixture(autouse=True)
+async def _quiet_endpoints(database_url: str) -> AsyncIterator[None]:
+    yield
+    await quiet_endpoints(database_url)
 
 
 async def add_endpoint(

@@ -6,15 +6,23 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support import ROOT, Server, free_port, node_settings, start_server
 from tests.test_webhooks import add_endpoint, publish
-from tests.webhooks_support import FAST
+from tests.webhooks_support import FAST, quiet_endpoints
 
 EXAMPLE = ROOT / "examples" / "webhook_receiver.py"
+
+
+@pytest.fixture(autouse=True)
+async def _quiet_endpoints(database_url: str) -> AsyncIterator[None]:
+    yield
+    await quiet_endpoints(database_url)
 
 
 def test_readme_shows_the_receiver_verbatim() -> None:

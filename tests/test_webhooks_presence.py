@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import RedisSettings, Server, eventually, node_settings, start_server
 from tests.test_webhooks import add_endpoint
-from tests.webhooks_support import FAST, Receiver, receiver
+from tests.webhooks_support import FAST, Receiver, quiet_endpoints, receiver
 
 PRESENCE = ["user.online", "user.offline", "member.joined", "member.left", "room.occupied",
             "room.vacated"]  # fmt: skip
@@ -29,6 +29,12 @@ async def target() -> AsyncIterator[Receiver]:
         yield found
 
 
+@pytest.fixture(autouse=True)
+async def _quiet_endpoints(database_url: str) -> AsyncIterator[None]:
+    yield
+    await quiet_endpoints(database_url)
+
+
 def kinds(target: Receiver) -> list[str]:
     return [e["type"] for e in target.events()]
 
@@ -37,7 +43,10 @@ async def wait_for(target: Receiver, count: int) -> None:
     async def arrived() -> bool:
         return len(target.events()) >= count
 
-    await eventually(arrived)
+    try:
+        await eventually(arrived)
+    except AssertionError:
+        raise AssertionError(f"{count} events expected, received: {kinds(target)}") from None
 
 
 async def joined(server: Server, slug: str, token: str, room: str = "lobby") -> Any:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from orgcast.settings import WebhooksSettings
 
@@ -89,3 +91,14 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield target
     finally:
         await runner.cleanup()
+
+
+async def quiet_endpoints(database_url: str) -> None:
+    """Disable every endpoint left in a shared test database: their receivers are gone, and with
+    the short test delays they would be retried several times a second by every later node."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE webhook_endpoints SET enabled = false"))
+    finally:
+        await engine.dispose()

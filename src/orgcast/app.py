@@ -209,8 +209,8 @@ def _presence_webhooks(
 ) -> PresenceWebhooks:
     """Presence-like webhook events, from the Hub's presence transitions."""
 
-    def tenant_id(slug: str) -> int | None:
-        keys = directory.cached(slug)
+    async def tenant_id(slug: str) -> int | None:
+        keys = directory.cached(slug) or await directory.lookup(slug)
         return None if keys is None else keys.tenant.id
 
     announcements: Announcements = (

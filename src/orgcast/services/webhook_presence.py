@@ -28,7 +28,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..store.engine import DB_ERRORS
@@ -125,7 +125,7 @@ class PresenceWebhooks(HubListener):
     def __init__(
         self,
         webhooks: WebhookService,
-        tenant_id: Callable[[str], int | None],
+        tenant_id: Callable[[str], Awaitable[int | None]],
         presence: Callable[[], Presence],
         announcements: Announcements,
         grace_seconds: float,
@@ -137,8 +137,8 @@ class PresenceWebhooks(HubListener):
         self._grace_ms = int(grace_seconds * 1000)
         self._tracked: set[tuple[str, str]] = set()  # (slug, sid) in the hidden online room
 
-    def _wants(self, slug: str, types: tuple[str, ...]) -> int | None:
-        tenant_id = self._tenant_id(slug)
+    async def _wants(self, slug: str, types: tuple[str, ...]) -> int | None:
+        tenant_id = await self._tenant_id(slug)
         if tenant_id is None or not self._webhooks.wants(tenant_id, types):
             return None
         return tenant_id
@@ -155,7 +155,7 @@ class PresenceWebhooks(HubListener):
     # -- hub hooks ------------------------------------------------------------------------------
 
     async def on_admitted(self, conn: Connection) -> None:
-        tenant_id = self._wants(conn.slug, USER_TYPES)
+        tenant_id = await self._wants(conn.slug, USER_TYPES)
         if tenant_id is None:
             return
         member = conn.principal.member()
@@ -179,7 +179,7 @@ class PresenceWebhooks(HubListener):
             log.exception("webhooks: user.offline for %s not scheduled", conn.slug)
 
     async def on_member_joined(self, slug: str, room: str, member: Member) -> None:
-        tenant_id = self._wants(slug, MEMBER_TYPES)
+        tenant_id = await self._wants(slug, MEMBER_TYPES)
         if tenant_id is None or room == ONLINE_ROOM:
             return
         try:
@@ -192,8 +192,6 @@ class PresenceWebhooks(HubListener):
 
     async def on_member_left(self, slug: str, room: str, member: Member) -> None:
         kind = "user" if room == ONLINE_ROOM else "member"
-        if self._tenant_id(slug) is None:
-            return
         try:
             await self._later({"kind": kind, "tenant": slug, "room": room, "member": member})
         except Exception:
@@ -206,17 +204,23 @@ class PresenceWebhooks(HubListener):
         interval = max(0.05, min(0.5, self._grace_ms / 4000))
         while True:
             try:
-                for item in await self._announced.due(_now_ms()):
-                    await self.decide(json.loads(item))
-            except asyncio.CancelledError:
-                raise
+                due = await self._announced.due(_now_ms())
             except Exception:
-                log.exception("webhooks: presence checks failed; retrying")
+                log.warning("webhooks: presence checks unreadable; retrying")
+                due = []
+            for item in due:
+                try:
+                    await self.decide(json.loads(item))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("webhooks: presence check %s failed", item)
             await asyncio.sleep(interval)
 
     async def decide(self, item: dict[str, Any]) -> None:
         slug, member = item["tenant"], item["member"]
-        tenant_id = self._tenant_id(slug)
+        # Looked up, not only cached: the node deciding may have no socket of this tenant.
+        tenant_id = await self._tenant_id(slug)
         if tenant_id is None:
             return
         presence = self._presence()
