@@ -517,3 +517,34 @@ async def test_sqlite_writes_the_outbox_in_the_message_transaction_too(
             "sender": {"id": "system", "name": "system"}, "body": {"a": 1}, "client_id": "k",
         }  # fmt: skip
         assert events[1]["id"] == "evt_" + second["id"]
+
+
+async def test_delivery_checks_the_target_again_and_refuses_private_addresses(
+    database_url: str, tmp_path: Path, target: Receiver
+) -> None:
+    # Endpoints made while private targets were allowed, delivered by a node that forbids them:
+    # an IP literal and a name that resolves to loopback are both refused at connection time.
+    port = target.url.split(":")[2].split("/")[0]
+    async with start_server(node_settings(database_url, tmp_path, webhooks=FAST)) as node:
+        tenant = await node.create_tenant()
+        literal = await add_endpoint(node, tenant, target.url)
+        named = await add_endpoint(node, tenant, f"http://localhost:{port}/hook")
+    strict = FAST.model_copy(
+        update={"allow_private_targets": False, "retry_schedule_seconds": [60.0]}
+    )
+    async with start_server(node_settings(database_url, tmp_path, webhooks=strict)) as node:
+        await publish(node, tenant, "lobby", "hello")
+        errors: dict[str, str] = {}
+
+        async def refused() -> bool:
+            for endpoint in (literal, named):
+                logged = await deliveries(node, tenant, endpoint["id"])
+                if logged and logged[0]["attempt"] == 1:
+                    errors[endpoint["id"]] = logged[0]["error"]
+            return len(errors) == 2
+
+        await eventually(refused)
+        assert errors[literal["id"]] == "127.0.0.1 is a private address"
+        assert "localhost resolves to" in errors[named["id"]]
+        assert "a private address" in errors[named["id"]]
+        assert target.attempts == 0
