@@ -239,14 +239,19 @@ async def _webhook_worker_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.database.watch_interval_seconds,
     )
     app[WEBHOOK_WORKER] = worker
+    presence = app[PRESENCE_WEBHOOKS]
     tasks = [
         asyncio.create_task(worker.run(), name="orgcast-webhooks"),
-        asyncio.create_task(app[PRESENCE_WEBHOOKS].run(), name="orgcast-webhook-presence"),
+        asyncio.create_task(presence.run(), name="orgcast-webhook-presence"),
     ]
     try:
         yield
     finally:
-        for task in tasks:
+        # Stopped between transactions, not cancelled inside one; cancelled if that takes long.
+        await worker.stop()
+        presence.stop()
+        _, late = await asyncio.wait(tasks, timeout=5)
+        for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 

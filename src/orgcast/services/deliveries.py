@@ -43,6 +43,7 @@ PRUNE_INTERVAL_SECONDS = 600.0
 PRUNE_BATCH = 5000
 MIN_ROUND_INTERVAL = 0.005  # rounds are transactions: at most ~200 a second per node
 USER_AGENT = "orgcast-webhooks"
+STOP_GRACE_SECONDS = 1.0
 
 
 class TargetRefused(OSError):
@@ -83,6 +84,7 @@ class DeliveryWorker:
         self._busy: dict[str, int] = {}  # endpoint id -> deliveries in flight here
         self._lease_ms = int((settings.timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
         self._warned_at = 0.0
+        self._stopping = False
         self.attempts = 0
         webhooks.on_written(self.wake)
 
@@ -99,7 +101,7 @@ class DeliveryWorker:
         next_refresh = next_prune = 0.0
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             try:
-                while True:
+                while not self._stopping:
                     self._wake.clear()
                     now = time.monotonic()
                     try:
@@ -119,10 +121,19 @@ class DeliveryWorker:
                             await self._wake.wait()
                     await asyncio.sleep(MIN_ROUND_INTERVAL)
             finally:
+                # Attempts under way finish (and are recorded) if they can within a second; the
+                # rest are cancelled, and their leases run out for another node to retry them.
+                if self._tasks:
+                    await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_SECONDS)
                 tasks = list(self._tasks)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Finish the round under way instead of cancelling it inside a transaction."""
+        self._stopping = True
+        self._wake.set()
 
     def _degraded(self) -> None:
         now = time.monotonic()

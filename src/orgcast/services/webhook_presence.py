@@ -24,6 +24,7 @@ tracked for it: their user's online state starts at their next connect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -136,6 +137,7 @@ class PresenceWebhooks(HubListener):
         self._announced = announcements
         self._grace_ms = int(grace_seconds * 1000)
         self._tracked: set[tuple[str, str]] = set()  # (slug, sid) in the hidden online room
+        self._stopping = asyncio.Event()
 
     async def _wants(self, slug: str, types: tuple[str, ...]) -> int | None:
         tenant_id = await self._tenant_id(slug)
@@ -202,7 +204,7 @@ class PresenceWebhooks(HubListener):
     async def run(self) -> None:
         """Decide due checks until cancelled."""
         interval = max(0.05, min(0.5, self._grace_ms / 4000))
-        while True:
+        while not self._stopping.is_set():
             try:
                 due = await self._announced.due(_now_ms())
             except Exception:
@@ -215,7 +217,13 @@ class PresenceWebhooks(HubListener):
                     raise
                 except Exception:
                     log.exception("webhooks: presence check %s failed", item)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._stopping.wait()
+
+    def stop(self) -> None:
+        """Leave the loop after the check under way (not inside its transaction)."""
+        self._stopping.set()
 
     async def decide(self, item: dict[str, Any]) -> None:
         slug, member = item["tenant"], item["member"]
