@@ -146,6 +146,7 @@ class DeliveryWorker:
         if room <= 0:
             return
         async with self._sessions.begin() as session:
+            await store.relaxed_commit(session)
             claimed = await store.claim(
                 session,
                 now=now_ms(),
@@ -245,12 +246,14 @@ class DeliveryWorker:
             else:
                 outcome = "pending"
         async with self._sessions.begin() as session:
+            await store.relaxed_commit(session)
             await store.record_attempt(
                 session, delivery, now=now, status=outcome, http_status=status,
                 latency_ms=latency_ms, error=error, next_attempt_at=next_attempt,
             )  # fmt: skip
             if error is None:
-                await store.endpoint_succeeded(session, delivery.endpoint_id)
+                if delivery.failing:  # else there is nothing to clear: save the round trip
+                    await store.endpoint_succeeded(session, delivery.endpoint_id)
             elif status == 410:
                 await store.disable_endpoint(session, delivery.endpoint_id, "gone (HTTP 410)", now)
                 disabled = True

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy import Table, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Tenant, WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookGeneration
@@ -41,6 +41,7 @@ __all__ = [
     "new_id",
     "prune",
     "record_attempt",
+    "relaxed_commit",
     "subscribed",
     "subscriptions",
 ]
@@ -173,6 +174,14 @@ async def insert_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
 # -- claiming and recording deliveries -----------------------------------------------------------
 
 
+async def relaxed_commit(session: AsyncSession) -> None:
+    """Do not wait for this transaction's commit to reach the disk (PostgreSQL). A claim or an
+    attempt's record lost in a database crash only means the delivery is attempted again, which
+    at-least-once allows; waiting for the flush made every delivery wait for two of them."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SET LOCAL synchronous_commit = off"))
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A delivery this node holds the lease of, with what an attempt needs."""
@@ -185,6 +194,7 @@ class Claimed:
     body: bytes
     attempt: int
     created_at: int
+    failing: bool  # the endpoint had failed since its last success, when claimed
 
 
 def _secrets(row: Any, now: int) -> tuple[str, ...]:
@@ -198,6 +208,7 @@ _ENDPOINT_COLUMNS = (
     WebhookEndpoint.secret,
     WebhookEndpoint.previous_secret,
     WebhookEndpoint.previous_secret_until,
+    WebhookEndpoint.failing_since,
 )
 
 
@@ -251,7 +262,7 @@ async def claim(
         claimed.append(
             Claimed(
                 row.id, row.tenant_id, row.endpoint_id, row.url, _secrets(row, now),
-                row.body.encode(), row.attempt, row.created_at,
+                row.body.encode(), row.attempt, row.created_at, row.failing_since is not None,
             )
         )  # fmt: skip
     if claimed:
@@ -327,7 +338,7 @@ async def claim(
         claimed.append(
             Claimed(
                 delivery_id, first.tenant_id, first.endpoint_id, first.url, _secrets(first, now),
-                body, 0, now,
+                body, 0, now, first.failing_since is not None,
             )
         )  # fmt: skip
     await session.execute(insert(DELIVERIES), deliveries)
