@@ -66,6 +66,8 @@ def _unordered() -> None:
     OrderedDelivery.deliver_own = deliver_own  # type: ignore[method-assign,assignment]
     for name in ("joining", "joined", "left", "sending", "sent"):
         setattr(OrderedDelivery, name, nothing)
+
+
 def _no_outbox() -> None:
     from orgcast.services import messages
 

@@ -179,8 +179,8 @@ class RedisPresence:
     async def present(self, tenant: str, room: str, user_id: str) -> bool:
         try:
             return bool(await self._redis.hexists(self._room_keys(tenant, room)[1], user_id))
-        except REDIS_ERRORS:
-            self._degraded("present")
+        except REDIS_ERRORS as exc:
+            self._degraded("present", exc)
             return await self.local.present(tenant, room, user_id)
 
     async def rooms(self, tenant: str) -> dict[str, int]:
