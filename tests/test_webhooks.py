@@ -548,3 +548,37 @@ async def test_delivery_checks_the_target_again_and_refuses_private_addresses(
         assert "localhost resolves to" in errors[named["id"]]
         assert "a private address" in errors[named["id"]]
         assert target.attempts == 0
+
+
+async def test_metrics_count_deliveries_by_result_and_report_the_backlog(
+    database_url: str, tmp_path: Path, target: Receiver
+) -> None:
+    from orgcast.settings import MetricsSettings
+    from tests.test_metrics import orgcast, scrape
+
+    settings = node_settings(
+        database_url, tmp_path, webhooks=FAST, metrics=MetricsSettings(enabled=True)
+    )
+    async with start_server(settings) as node:
+        tenant = await node.create_tenant()
+        endpoint = await add_endpoint(node, tenant, target.url)
+        target.script = [500]
+        await publish(node, tenant, "lobby", "hello")
+        await settled(node, tenant, endpoint["id"])
+
+        async def counted() -> bool:
+            found = orgcast(await scrape(node), "orgcast_webhook_deliveries_total")
+            return (
+                found.get(
+                    f"orgcast_webhook_deliveries_total{{result=delivered,tenant={tenant.slug}}}"
+                )
+                == 1
+            )
+
+        await eventually(counted)
+        samples = orgcast(await scrape(node), "orgcast_webhook")
+        key = f"orgcast_webhook_deliveries_total{{result=retry,tenant={tenant.slug}}}"
+        assert samples[key] == 1
+        assert samples["orgcast_webhook_delivery_latency_seconds_count"] == 2
+        assert "orgcast_webhook_backlog" in samples
+        assert "orgcast_webhook_oldest_pending_seconds" in samples

@@ -237,6 +237,7 @@ async def _webhook_worker_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.webhooks,
         services.webhooks,
         settings.database.watch_interval_seconds,
+        app[METRICS],
     )
     app[WEBHOOK_WORKER] = worker
     presence = app[PRESENCE_WEBHOOKS]

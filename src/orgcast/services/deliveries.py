@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from ..metrics import Metrics, NullMetrics
 from ..settings import WebhooksSettings
 from ..store import webhooks as store
 from ..store.engine import DB_ERRORS, Sessions
@@ -74,11 +75,12 @@ class DeliveryWorker:
     """Claims and delivers webhook batches until cancelled (one per node)."""
 
     def __init__(self, sessions: Sessions, settings: WebhooksSettings, webhooks: WebhookService,
-                 refresh_interval: float) -> None:  # fmt: skip
+                 refresh_interval: float, metrics: Metrics | None = None) -> None:  # fmt: skip
         self._sessions = sessions
         self._settings = settings
         self._webhooks = webhooks
         self._refresh_interval = refresh_interval
+        self._metrics = metrics or NullMetrics()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: dict[str, int] = {}  # endpoint id -> deliveries in flight here
@@ -107,6 +109,10 @@ class DeliveryWorker:
                     try:
                         if now >= next_refresh:
                             await self._webhooks.refresh()
+                            if self._metrics.enabled:
+                                async with self._sessions() as session:
+                                    found = await store.backlog(session, now_ms())
+                                self._metrics.webhook_queue(*found)
                             next_refresh = now + self._refresh_interval
                         if now >= next_prune:
                             await self.prune()
@@ -192,10 +198,14 @@ class DeliveryWorker:
         except Exception as exc:
             log.exception("webhook delivery %s failed unexpectedly", delivery.id)
             error = f"internal: {exc.__class__.__name__}"
-        latency_ms = int((time.monotonic() - started) * 1000)
+        elapsed = time.monotonic() - started
+        latency_ms = int(elapsed * 1000)
         self.attempts += 1
         try:
-            await self._record(delivery, status, error, latency_ms)
+            result = await self._record(delivery, status, error, latency_ms)
+            self._metrics.webhook_delivery(
+                delivery.slug, result, elapsed if status is not None else None
+            )
         except DB_ERRORS:
             # The lease runs out and the delivery is attempted again: at-least-once.
             self._degraded()
@@ -226,7 +236,9 @@ class DeliveryWorker:
 
     async def _record(
         self, delivery: store.Claimed, status: int | None, error: str | None, latency_ms: int
-    ) -> None:
+    ) -> str:
+        """Record the attempt; returns its outcome as the metrics count it: ``delivered``,
+        ``retry``, ``failed`` or ``disabled`` (the endpoint was disabled by it)."""
         settings = self._settings
         now = now_ms()
         disabled = False
@@ -267,6 +279,8 @@ class DeliveryWorker:
         if disabled:
             log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, error)
             await self._webhooks.refresh()
+            return "disabled"
+        return "retry" if outcome == "pending" else outcome
 
     async def prune(self) -> int:
         """Delete finished deliveries older than ``keep_days`` (bounded batches)."""

@@ -28,6 +28,7 @@ MESSAGE_CREATED = "message.created"
 __all__ = [
     "Claimed",
     "NewEvent",
+    "backlog",
     "bump_generation",
     "claim",
     "count_endpoints",
@@ -195,6 +196,7 @@ class Claimed:
     attempt: int
     created_at: int
     failing: bool  # the endpoint had failed since its last success, when claimed
+    slug: str
 
 
 def _secrets(row: Any, now: int) -> tuple[str, ...]:
@@ -241,8 +243,9 @@ async def claim(
     claimed: list[Claimed] = []
 
     due = (
-        select(*_DELIVERY_COLUMNS, *_ENDPOINT_COLUMNS)
+        select(*_DELIVERY_COLUMNS, Tenant.slug, *_ENDPOINT_COLUMNS)
         .join(E, E.id == D.endpoint_id)
+        .join(Tenant, Tenant.id == D.tenant_id)
         .where(
             D.status == "pending",
             D.next_attempt_at <= now,
@@ -263,6 +266,7 @@ async def claim(
             Claimed(
                 row.id, row.tenant_id, row.endpoint_id, row.url, _secrets(row, now),
                 row.body.encode(), row.attempt, row.created_at, row.failing_since is not None,
+                row.slug,
             )
         )  # fmt: skip
     if claimed:
@@ -338,12 +342,29 @@ async def claim(
         claimed.append(
             Claimed(
                 delivery_id, first.tenant_id, first.endpoint_id, first.url, _secrets(first, now),
-                body, 0, now, first.failing_since is not None,
+                body, 0, now, first.failing_since is not None, first.slug,
             )
         )  # fmt: skip
     await session.execute(insert(DELIVERIES), deliveries)
     await session.execute(delete(V).where(V.id.in_(used)))
     return claimed
+
+
+async def backlog(session: AsyncSession, now: int) -> tuple[int, float]:
+    """Events not delivered yet (in the outbox, or in pending deliveries) and the age in seconds
+    of the oldest of them."""
+    D, V = WebhookDelivery, WebhookEvent
+    outbox = (await session.execute(select(func.count(), func.min(V.created_at)))).one()
+    pending = (
+        await session.execute(
+            select(func.sum(func.json_array_length(D.event_ids)), func.min(D.created_at)).where(
+                D.status == "pending"
+            )
+        )
+    ).one()
+    count = int(outbox[0] or 0) + int(pending[0] or 0)
+    oldest = min((t for t in (outbox[1], pending[1]) if t is not None), default=now)
+    return count, max(0.0, (now - oldest) / 1000)
 
 
 async def record_attempt(
