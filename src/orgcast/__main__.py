@@ -61,6 +61,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             port=port,
             print=lambda _: print(banner, flush=True),
             access_log=None,  # orgcast.access logs route templates instead (see logs.py)
+            # Whatever is still in flight (a long-polling request that never ends) is cut here.
+            shutdown_timeout=settings.server.shutdown_timeout_seconds,
         )
     except StartupError as exc:
         return fail(None, exc.message)

@@ -22,6 +22,7 @@ from . import api
 from .errors import OrgcastError, SchemaBehind
 from .logs import access_middleware
 from .metrics import create_metrics, sample_loop_lag
+from .realtime.guards import polling_body_limit
 from .realtime.server import Realtime
 from .services.admin import resolve_admin_token
 from .services.cluster import RedisPresence
@@ -66,9 +67,15 @@ class StartupError(OrgcastError):
 def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     """Build the application. ``migrate`` upgrades a PostgreSQL schema to head at start-up
     (the embedded SQLite file is always migrated)."""
+    header_limit = settings.server.max_header_bytes
     app = web.Application(
         client_max_size=settings.server.max_packet_bytes,
-        middlewares=[access_middleware, *api.middlewares()],
+        middlewares=[
+            access_middleware,
+            polling_body_limit(settings.server.max_packet_bytes),
+            *api.middlewares(),
+        ],
+        handler_args={"max_line_size": header_limit, "max_field_size": header_limit},
     )
     app[SETTINGS] = settings
     app[METRICS] = create_metrics(settings.metrics)

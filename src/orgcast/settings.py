@@ -47,6 +47,10 @@ class ServerSettings(Section):
     ping_interval: float = Field(25.0, gt=0)
     ping_timeout: float = Field(20.0, gt=0)
     use_uvloop: bool = True
+    unauthenticated_timeout_seconds: float = Field(10.0, gt=0)
+    max_unauthenticated: int = Field(1000, ge=1)
+    shutdown_timeout_seconds: float = Field(10.0, ge=0)
+    max_header_bytes: int = Field(16_384, ge=8190, le=1_048_576)
 
 
 class DatabaseSettings(Section):

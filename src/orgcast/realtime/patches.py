@@ -41,6 +41,12 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    ``AsyncServer._handle_event_internal`` queues an event's ack in the same step as its handler
    returns (ordered delivery releases a joining or sending socket right after, with
    ``call_soon``).
+7. The guards against broken or hostile clients live in ``guards.py`` (their docstring lists
+   each): the Engine.IO ``connect``/``message``/``disconnect`` handlers wrapped or replaced
+   (``_handle_eio_message`` re-implemented with its own decoding: malformed and binary packets
+   refused, the CLOSE-before-CONNECT ghost removed, namespace-less sockets timed out and
+   capped), and ``PlainWebSocket.wait`` above checking each frame before the engine decodes
+   it. Correctness and safety, not speed: each costs one constant check per packet.
 """
 
 from __future__ import annotations
@@ -78,7 +84,15 @@ OUTBOX_MAX = 10_000
 # -- 1. the websocket class -------------------------------------------------------------------
 
 
-def websocket_class(compress: bool) -> type[engine_aiohttp.WebSocket]:
+FrameCheck = Callable[[str | None, Any], Any]
+
+
+def websocket_class(
+    compress: bool, check: FrameCheck | None = None
+) -> type[engine_aiohttp.WebSocket]:
+    """``check(eio_sid, frame)``, when given, sees each received frame before the engine decodes
+    it and returns what the engine gets instead (see guards.py, ``GuardedFrames``)."""
+
     class PlainWebSocket(engine_aiohttp.WebSocket):  # type: ignore[misc]
         async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
             request = environ["aiohttp.request"]
@@ -90,12 +104,21 @@ def websocket_class(compress: bool) -> type[engine_aiohttp.WebSocket]:
             await self.handler(self)
             return self._sock
 
+        async def wait(self) -> Any:
+            frame = await super().wait()
+            if check is None:
+                return frame
+            # The handler is the engine socket's bound _websocket_handler: its sid names it.
+            return check(getattr(getattr(self.handler, "__self__", None), "sid", None), frame)
+
     return PlainWebSocket
 
 
-def install_websocket(sio: socketio.AsyncServer, compress: bool) -> None:
+def install_websocket(
+    sio: socketio.AsyncServer, compress: bool, check: FrameCheck | None = None
+) -> None:
     """The table is copied: the module-level one stays untouched for other servers."""
-    sio.eio._async = {**sio.eio._async, "websocket": websocket_class(compress)}
+    sio.eio._async = {**sio.eio._async, "websocket": websocket_class(compress, check)}
 
 
 # -- 3. poll without a task ---------------------------------------------------------------------

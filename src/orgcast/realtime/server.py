@@ -19,7 +19,7 @@ from ..metrics import Metrics, NullMetrics
 from ..services.hub import Hub
 from ..services.messages import StoredRow, wire
 from ..settings import Settings
-from . import patches
+from . import guards, patches
 from .codec import JsonCodec, raw_json
 from .handlers import Handlers
 
@@ -66,8 +66,11 @@ class Realtime:
             logger=False,
             engineio_logger=False,
             json=JsonCodec,
+            # orgcast uses no cookies: a browser never needs to send credentials.
+            cors_credentials=False,
         )
-        patches.install_websocket(self.sio, settings.server.websocket_compression)
+        # The engine's websocket class (patches.py) with each frame checked first (guards.py).
+        self.guard = guards.install(self.sio, settings)
         self._hub: Hub | None = None
         Handlers(self.sio, self._require_hub, settings.messages.history_page, metrics).register()
 

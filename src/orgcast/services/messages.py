@@ -52,6 +52,8 @@ def encode_body(value: Any, limit: int, what: str = "body") -> str:
             raise BadRequest(
                 f"{what} must be a JSON value (no binary data, NaN or Infinity)"
             ) from None
+        except RecursionError:
+            raise BadRequest(f"{what} is nested too deeply") from None
     if len(raw) > limit:
         raise TooLarge(f"{what} is {len(raw)} bytes encoded; the limit is {limit}")
     return raw.decode()
