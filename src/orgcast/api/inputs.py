@@ -30,7 +30,7 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise InvalidJson("a JSON object body is required")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidJson("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidJson("the body must be a JSON object")

@@ -25,7 +25,8 @@ def resolve_admin_token(settings: Settings) -> tuple[str, Path | None]:
         token = path.read_text().strip()
         if token:
             return token, path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     # Created with mode 0600: the secret is never readable by others, not even for an instant.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

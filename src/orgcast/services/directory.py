@@ -4,6 +4,7 @@ and the watcher that finds changes made by other processes."""
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,8 +26,14 @@ class TenantDirectory:
         self._service = service
         self._cache: dict[str, TenantKeys] = {}
         self._loading: dict[str, asyncio.Future[TenantKeys | None]] = {}
+        # Unknown slugs, remembered briefly (monotonic expiry) and in bounded number, so a probe
+        # of one name is one query per MISSING_TTL, and a probe of many cannot grow memory.
+        self._missing: dict[str, float] = {}
         self._generation = 0
         control.subscribe(self.invalidate)
+
+    MISSING_TTL = 1.0
+    MISSING_MAX = 10_000
 
     async def invalidate(self, slug: str) -> None:
         """Drop a cached tenant ("*": all of them); the next lookup reads the database."""
@@ -35,9 +42,11 @@ class TenantDirectory:
         if slug == "*":
             self._cache.clear()
             self._loading.clear()
+            self._missing.clear()
         else:
             self._cache.pop(slug, None)
             self._loading.pop(slug, None)
+            self._missing.pop(slug, None)
 
     def cached_slugs(self) -> set[str]:
         return set(self._cache)
@@ -48,6 +57,11 @@ class TenantDirectory:
     async def lookup(self, slug: str) -> TenantKeys | None:
         if slug in self._cache:
             return self._cache[slug]
+        missing_until = self._missing.get(slug)
+        if missing_until is not None:
+            if time.monotonic() < missing_until:
+                return None
+            del self._missing[slug]
         # One query per slug at a time: a connect storm on a cold cache waits for one load
         # instead of sending a thousand identical queries (and growing the pool to match).
         pending = self._loading.get(slug)
@@ -64,10 +78,15 @@ class TenantDirectory:
     async def _load(self, slug: str) -> TenantKeys | None:
         generation = self._generation
         keys = await self._service.load_keys(slug)
-        # Unknown slugs are not cached (a probe of random names must not grow memory), and a
-        # record loaded while a change was announced is not trusted.
-        if keys is not None and generation == self._generation:
+        # A record loaded while a change was announced is not trusted.
+        if generation != self._generation:
+            return keys
+        if keys is not None:
             self._cache[slug] = keys
+        else:
+            if len(self._missing) >= self.MISSING_MAX:
+                self._missing.clear()
+            self._missing[slug] = time.monotonic() + self.MISSING_TTL
         return keys
 
 

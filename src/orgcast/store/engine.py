@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def ensure_sqlite_directory(database_url: str) -> None:
-    """SQLite creates the file but not its directory; make the directory."""
+    """SQLite creates the file but not its directory; make the directory (mode 0700 when it is
+    created here) and the file (mode 0600): it holds the tenants' signing secrets. SQLite gives
+    its -wal and -shm files the database file's mode."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.database)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.parent.chmod(0o700)  # mkdir's mode is narrowed by the umask, never widened
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
