@@ -106,6 +106,7 @@ class LimitsSettings(Section):
 class MessagesSettings(Section):
     history_page: int = Field(100, ge=1, le=1000)
     replay_page: int = Field(1000, ge=1, le=100_000)
+    replay_max_bytes: int = Field(1_048_576, ge=1024)
     batch_max_size: int = Field(256, ge=1)
     batch_max_delay_ms: float = Field(2.0, ge=0)
     queue_max: int = Field(10_000, ge=1)

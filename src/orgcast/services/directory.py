@@ -4,8 +4,8 @@ and the watcher that finds changes made by other processes."""
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,10 @@ from ..store import messages as store
 from ..store.engine import DB_ERRORS, Sessions
 from ..store.messages import NewMessage, StoredRow
 from . import db_boundary
+
+# What a message's wire shape adds to its body (id, room, seq, ts, sender), counted against
+# ``messages.replay_max_bytes``.
+WIRE_OVERHEAD = 160
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +258,7 @@ class MessageService:
                 session, tenant_id, room_id, after_seq=since, before_seq=None,
                 limit=page, newest_first=False,
             )  # fmt: skip
+        rows = self._within_bytes(rows)
         missed = [wire(_row(m, room), decode) for m in rows]
         # seq has no gaps, so a first message later than since+1 means retention removed some.
         expired = since < last_seq and (not rows or rows[0].seq > since + 1)
@@ -311,11 +316,25 @@ class MessageService:
                     newest_first=newest_first,
                 )
             )
-        has_more = len(rows) > limit
-        rows = rows[:limit]
+        kept = self._within_bytes(rows[:limit])
+        has_more = len(rows) > len(kept)
+        rows = kept
         if newest_first:
             rows.reverse()
         return [wire(_row(m, room), decode) for m in rows], has_more
+
+    def _within_bytes(self, rows: Sequence[Any]) -> list[Any]:
+        """The leading rows whose bodies fit in ``replay_max_bytes`` (at least one, so a reader
+        always moves on): a small request never turns into a huge answer."""
+        budget = self._settings.replay_max_bytes
+        kept: list[Any] = []
+        for row in rows:
+            body = row.body
+            budget -= (len(body) if body.isascii() else len(body.encode())) + WIRE_OVERHEAD
+            if budget < 0 and kept:
+                break
+            kept.append(row)
+        return kept
 
     @db_boundary()
     async def rooms(self, tenant_id: int, *, limit: int, after: str) -> list[dict[str, Any]]:
