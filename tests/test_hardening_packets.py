@@ -141,7 +141,7 @@ async def test_an_engine_close_right_before_a_namespace_connect_leaves_no_ghost(
     # A live socket's connect is the last thing the server handles, so it has handled the rest.
     await server.connect(tenant.slug, token)
     assert realtime.local_connections(tenant.slug) == 1
-    assert await realtime.presence.connections(tenant.slug) == 1
+    assert await server.app[SERVICES].hub.presence.connections(tenant.slug) == 1
     assert tracebacks(caplog) == []
 
 
