@@ -226,6 +226,11 @@ def start_orgcast(
         "ORGCAST_REDIS__URL": "",
         "ORGCAST_LOG__LEVEL": "WARNING",
         "ORGCAST_MESSAGES__REPLAY_PAGE": "10000",
+        # Throughput is measured here, not the abuse limits: a storm from one address, one
+        # 10,000-message replay in one ack.
+        "ORGCAST_MESSAGES__REPLAY_MAX_BYTES": str(64 << 20),
+        "ORGCAST_SERVER__CONNECTS_PER_ADDRESS": "100000",
+        "ORGCAST_LIMITS__CONNECTION_RATE": "100000",
         **(overrides or {}),
     }
     if env.get("ORGCAST_BENCH_WEBHOOK") == "1":

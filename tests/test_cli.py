@@ -170,6 +170,7 @@ def test_create_stores_limits_ephemeral_events_and_origins(cli: Cli) -> None:
         "max_rooms_per_connection": 100,
         "messages_per_second": 2.5,
         "history_retention_days": 7,
+        "connection_rate": 10,
     }
     assert body["ephemeral_events"] == ["cursor", "typing"]
     assert body["allowed_origins"] == ["https://app.example", "http://localhost:3000"]

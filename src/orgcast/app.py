@@ -173,6 +173,8 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         tasks.append(asyncio.create_task(hub.ordering.run(), name="orgcast-ordering"))
         if isinstance(hub.presence, RedisPresence):
             tasks.append(asyncio.create_task(hub.presence.run(), name="orgcast-heartbeat"))
+        if redis is not None:
+            tasks.append(asyncio.create_task(hub.user_rates.run(), name="orgcast-user-rates"))
         if listener is not None:
             ready = asyncio.Event()
             tasks.append(

@@ -32,7 +32,8 @@ handler into ``ConnectionRefusedError(code, {code, message})``.
     ├── Invalid                 validation_failed    422
     │   └── TargetForbidden     target_forbidden     422
     ├── RateLimited             rate_limited         429
-    │   └── ConnectionLimit     connection_limit     429
+    │   ├── ConnectionLimit     connection_limit     429
+    │   └── ConnectionRate      connection_rate      429
     ├── Unavailable             unavailable          503
     │   ├── DatabaseUnavailable unavailable          503  (the database did not answer)
     │   └── SchemaBehind        schema_not_at_head   503  (run orgcast db upgrade)
@@ -232,6 +233,13 @@ class RateLimited(OrgcastError):
 class ConnectionLimit(RateLimited):
     code = "connection_limit"
     default_message = "the tenant's connection limit is reached"
+
+
+class ConnectionRate(RateLimited):
+    """Too many connects per second from one user of a tenant or from one client address."""
+
+    code = "connection_rate"
+    default_message = "too many connects per second; retry later"
 
 
 class Unavailable(OrgcastError):

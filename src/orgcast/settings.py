@@ -51,6 +51,7 @@ class ServerSettings(Section):
     max_unauthenticated: int = Field(1000, ge=1)
     shutdown_timeout_seconds: float = Field(10.0, ge=0)
     max_header_bytes: int = Field(16_384, ge=8190, le=1_048_576)
+    connects_per_address: float = Field(100, gt=0)
 
 
 class DatabaseSettings(Section):
@@ -100,6 +101,7 @@ class LimitsSettings(Section):
     max_message_bytes: int = Field(65_536, ge=1)
     max_rooms_per_connection: int = Field(100, ge=1)
     messages_per_second: float = Field(50, gt=0)
+    connection_rate: float = Field(10, gt=0)
     history_retention_days: int = Field(30, ge=1)
 
 

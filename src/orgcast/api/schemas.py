@@ -119,6 +119,7 @@ class EffectiveLimits(Body):
     max_rooms_per_connection: int
     messages_per_second: float
     history_retention_days: int
+    connection_rate: float
 
 
 class SigningKey(Body):

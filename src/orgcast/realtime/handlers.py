@@ -73,8 +73,12 @@ class Handlers:
             return _lifecycle_event_refused("connect")
         token = bind(tenant=namespace[1:64] or None, sid=sid)
         try:
-            origin = (environ or {}).get("HTTP_ORIGIN")
-            conn = await self.hub().admit(namespace, sid, origin, auth)
+            environ = environ or {}
+            request = environ.get("aiohttp.request")
+            address = request.remote if request is not None else None
+            conn = await self.hub().admit(
+                namespace, sid, environ.get("HTTP_ORIGIN"), auth, address=address
+            )
         except OrgcastError as exc:
             self.metrics.refused(exc.code)
             if isinstance(exc, DatabaseUnavailable):

@@ -48,7 +48,7 @@ from .auth import Principal, verify_token
 from .cluster import RedisPresence
 from .control import ControlBus
 from .directory import TenantDirectory
-from .limits import TokenBucket
+from .limits import ConnectRates, TokenBucket, UserRates
 from .messages import BodyDecoder, MessageService, NewMessage, StoredRow, encode_body
 from .ordering import OrderedDelivery
 from .presence import LocalPresence, Presence
@@ -155,6 +155,8 @@ class Hub:
             )
         else:
             self.presence = LocalPresence()
+        self.user_rates = UserRates(redis, prefix=settings.redis.channel)
+        self.connect_rates = ConnectRates()
         control.subscribe(self.tenant_changed)
 
     def add_listener(self, listener: HubListener) -> None:
@@ -178,11 +180,22 @@ class Hub:
 
     # A database or network failure while admitting is a refusal with ``unavailable``.
     @db_boundary("the tenant directory is unavailable; retry")
-    async def admit(self, namespace: str, sid: str, origin: str | None, auth: Any) -> Connection:
+    async def admit(
+        self,
+        namespace: str,
+        sid: str,
+        origin: str | None,
+        auth: Any,
+        address: str | None = None,
+    ) -> Connection:
         """Resolve the tenant, check origin and token, take a connection slot (in that order:
-        a slot taken here is given back by ``disconnected``)."""
+        a slot taken here is given back by ``disconnected``). Connects per second are limited
+        per client ``address`` before anything is looked up, and per user once the token names
+        one."""
         if namespace == "/":
             raise NamespaceRequired()
+        if address:
+            self.connect_rates.take("address", address, self._settings.server.connects_per_address)
         slug = namespace[1:]
         keys = await self._directory.lookup(slug) if is_slug(slug) else None
         if keys is None:
@@ -194,6 +207,9 @@ class Hub:
             raise OriginForbidden(f"origin {origin!r} is not allowed for this tenant")
         token = auth.get("token") if isinstance(auth, dict) else None
         principal = verify_token(token, keys)
+        self.connect_rates.take(
+            "user", f"{keys.tenant.id}:{principal.user_id}", keys.limits.connection_rate
+        )
         if not await self.presence.acquire(slug, keys.limits.max_connections):
             raise ConnectionLimit(
                 f"the tenant's limit of {keys.limits.max_connections} connections is reached"
@@ -221,7 +237,9 @@ class Hub:
             raise TenantSuspended("the tenant no longer exists")
         if not keys.tenant.active:
             raise TenantSuspended()
-        conn.bucket.take(keys.limits.messages_per_second)
+        rate = keys.limits.messages_per_second
+        conn.bucket.take(rate)
+        self.user_rates.take(conn.tenant_id, conn.principal.user_id, rate)
         return keys
 
     async def tenant_keys(self, slug: str) -> TenantKeys:

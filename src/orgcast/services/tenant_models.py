@@ -44,6 +44,7 @@ class TenantLimits(BaseModel):
     max_message_bytes: int | None = Field(None, ge=1, le=1_048_576)
     max_rooms_per_connection: int | None = Field(None, ge=1, le=100_000)
     messages_per_second: float | None = Field(None, gt=0, le=100_000)
+    connection_rate: float | None = Field(None, gt=0, le=100_000)
     history_retention_days: int | None = Field(None, ge=1, le=36_500)
 
 
@@ -148,6 +149,7 @@ class Limits:
     max_rooms_per_connection: int
     messages_per_second: float
     history_retention_days: int
+    connection_rate: float
 
     @classmethod
     def resolve(cls, defaults: LimitsSettings, overrides: dict[str, Any]) -> Limits:
