@@ -213,33 +213,3 @@ async def test_unknown_namespaces_are_looked_up_once_while_negatively_cached(
     # Creating the tenant ends the negative entry at once.
     tenant = await server.create_tenant(slug)
     await server.connect(tenant.slug, await server.token(tenant.slug))
-
-
-def test_the_library_internals_the_guards_rely_on_are_still_there() -> None:
-    """guards.py re-implements python-socketio's Engine.IO message handler on top of these;
-    a release that renames or reshapes them must fail here, not in production."""
-    import inspect
-
-    import socketio
-    from engineio import async_socket
-    from engineio.async_drivers import aiohttp as engine_aiohttp
-
-    server = socketio.AsyncServer
-    expected = {
-        "_handle_eio_connect": ["eio_sid", "environ"],
-        "_handle_eio_message": ["eio_sid", "data"],
-        "_handle_eio_disconnect": ["eio_sid", "reason"],
-        "_handle_connect": ["eio_sid", "namespace", "data"],
-        "_handle_disconnect": ["eio_sid", "namespace", "reason"],
-        "_handle_event": ["eio_sid", "namespace", "id", "data"],
-        "_handle_ack": ["eio_sid", "namespace", "id", "data"],
-        "_send_packet": ["eio_sid", "pkt"],
-    }
-    for name, parameters in expected.items():
-        signature = inspect.signature(getattr(server, name))
-        assert list(signature.parameters)[1 : 1 + len(parameters)] == parameters, name
-    instance = socketio.AsyncServer(async_mode="aiohttp")
-    assert isinstance(instance.environ, dict) and isinstance(instance._binary_packet, dict)
-    assert isinstance(instance.eio.sockets, dict) and callable(instance.eio.on)
-    assert {"closed", "closing", "queue"} <= set(vars(async_socket.AsyncSocket(instance.eio, "x")))
-    assert callable(engine_aiohttp.WebSocket.wait)

@@ -206,3 +206,31 @@ def test_patch_6_an_event_ack_is_queued_in_the_step_its_handler_returns() -> Non
     assert source_hash(engine_socket.AsyncSocket.send) == "0437276ccba7ab09", (
         "patch 6: the engine socket's send changed"
     )
+def test_patch_7_reimplements_an_unchanged_socketio_message_handler() -> None:
+    server = socketio.AsyncServer
+    assert source_hash(server._handle_eio_message) == "bef50fc0e1635921", (
+        "patch 7: AsyncServer._handle_eio_message changed; re-check PacketGuard.on_message"
+    )
+    assert source_hash(engine_aiohttp.WebSocket.wait) == "992c370917677d39", (
+        "patch 7: the engine's WebSocket.wait changed; re-check PlainWebSocket.wait"
+    )
+    expected = {
+        "_handle_eio_connect": ["eio_sid", "environ"],
+        "_handle_eio_disconnect": ["eio_sid", "reason"],
+        "_handle_connect": ["eio_sid", "namespace", "data"],
+        "_handle_disconnect": ["eio_sid", "namespace", "reason"],
+        "_handle_event": ["eio_sid", "namespace", "id", "data"],
+        "_handle_ack": ["eio_sid", "namespace", "id", "data"],
+        "_send_packet": ["eio_sid", "pkt"],
+    }
+    for name, names in expected.items():
+        assert parameters(getattr(server, name))[1 : 1 + len(names)] == names, f"patch 7: {name}"
+
+
+def test_patch_7_reads_the_server_and_socket_state_it_relies_on() -> None:
+    instance = socketio.AsyncServer(async_mode="aiohttp")
+    assert isinstance(instance.environ, dict) and isinstance(instance._binary_packet, dict)
+    assert isinstance(instance.eio.sockets, dict) and callable(instance.eio.on)
+    assert instance.eio.handlers["message"] == instance._handle_eio_message
+    socket = engine_socket.AsyncSocket(instance.eio, "x")
+    assert {"closed", "closing", "queue"} <= set(vars(socket))
