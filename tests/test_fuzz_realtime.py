@@ -19,6 +19,7 @@ import socketio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orgcast.settings import ServerSettings
 from orgcast.state import REALTIME
 from tests.rawsocket import RawSocket
 from tests.support import Server, eventually, node_settings, start_server
@@ -79,9 +80,12 @@ async def live(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> A
     log = Tracebacks()
     logging.getLogger().addHandler(log)
     try:
-        async with start_server(node_settings(database_url, data_dir)) as node:
+        # Robustness is fuzzed here, not the rate limits: one user connects hundreds of times.
+        server = ServerSettings(port=0, connects_per_address=100_000)
+        async with start_server(node_settings(database_url, data_dir, server=server)) as node:
             tenant = await node.create_tenant(
-                limits={"messages_per_second": 100_000}, ephemeral_events=["typing"]
+                limits={"messages_per_second": 100_000, "connection_rate": 100_000},
+                ephemeral_events=["typing"],
             )
             token = await node.token(tenant.slug, "fuzzer")
             # The watching client joins no room: fuzzed broadcasts never reach it.
