@@ -119,22 +119,26 @@ async def test_user_rates_are_counted_cluster_wide_in_redis(
     redis_url: str, redis_channel: str
 ) -> None:
     client = Redis.from_url(redis_url, decode_responses=True)
-    rates, elsewhere = UserRates(client, prefix=redis_channel), UserRates(client, redis_channel)
+    rates = UserRates(client, prefix=redis_channel)
+    elsewhere = [UserRates(client, prefix=redis_channel) for _ in range(2)]
     try:
         for _ in range(3):
             window = int(time.time())
-            # Another node already admitted this user's 5 events of this second.
-            for _ in range(5):
-                elsewhere.take(7, "u1", 5)
-            await elsewhere.flush()
+            # Two other nodes already admitted this user's 10 events of this second (twice the
+            # rate, the most one bucket admits within a second).
+            for node in elsewhere:
+                for _ in range(5):
+                    node.take(7, "u1", 5)
+                await node.flush()
             rates.take(7, "u1", 5)  # this node's own bucket is full: admitted, then counted
             await rates.flush()
             if int(time.time()) != window:
+                elsewhere = [UserRates(client, prefix=redis_channel) for _ in range(2)]
                 continue  # a new second began meanwhile: counts start over; try again
             with pytest.raises(RateLimited) as refused:
                 rates.take(7, "u1", 5)
             assert refused.value.retry_after_ms is not None
-            assert int(await client.get(f"{redis_channel}:rate:7:{window}:u1")) == 6
+            assert int(await client.get(f"{redis_channel}:rate:7:{window}:u1")) == 11
             return
         raise AssertionError("three attempts crossed a second boundary")
     finally:

@@ -54,8 +54,10 @@ class UserRates:
     The check is local and constant-time: one token bucket per (tenant, user) on this node. With
     Redis, the events each node admits are also added to a per-second window shared by the
     cluster (``INCRBY`` + ``PEXPIRE`` in one pipeline per flush, off the ack path); a user whose
-    cluster-wide count for the current second has reached the rate is refused on every node
-    until the next second. Without Redis, or while it is down, the node's own buckets still hold.
+    cluster-wide count for the current second has reached twice the rate (the most one bucket
+    admits within a second: a full burst plus a second's refill, so a user on one node is never
+    refused by it before its own bucket refuses) is refused on every node until the next second.
+    Without Redis, or while it is down, the node's own buckets still hold.
     """
 
     FLUSH_INTERVAL = 0.05
@@ -79,7 +81,7 @@ class UserRates:
             now = time.time()
             window = int(now)
             seen = self._cluster.get(key)
-            if seen is not None and seen[0] == window and seen[1] >= rate:
+            if seen is not None and seen[0] == window and seen[1] >= 2 * rate:
                 wait_ms = max(1, math.ceil((window + 1 - now) * 1000))
                 raise RateLimited(
                     f"more than {rate:g} events per second from this user", retry_after_ms=wait_ms
