@@ -206,6 +206,8 @@ def test_patch_6_an_event_ack_is_queued_in_the_step_its_handler_returns() -> Non
     assert source_hash(engine_socket.AsyncSocket.send) == "0437276ccba7ab09", (
         "patch 6: the engine socket's send changed"
     )
+
+
 def test_patch_7_reimplements_an_unchanged_socketio_message_handler() -> None:
     server = socketio.AsyncServer
     assert source_hash(server._handle_eio_message) == "bef50fc0e1635921", (

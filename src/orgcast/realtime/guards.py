@@ -5,7 +5,7 @@ packet raises out of the library and is logged with a traceback, binary attachme
 as announced, a socket may stay without a namespace forever. Each guard here changes one of those
 behaviours; every one of them costs a constant check on the packet path, nothing per byte.
 
-Patches on the libraries' internals (listed as patch 6 in ``patches.py``; the pinned minors and
+Patches on the libraries' internals (listed as patch 7 in ``patches.py``; the pinned minors and
 ``tests/test_patches.py`` fail when these internals change):
 
 1. ``PacketGuard.on_message`` replaces the server's Engine.IO ``message`` handler
