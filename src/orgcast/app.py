@@ -54,6 +54,7 @@ from .state import (
 )
 from .store import schema
 from .store.engine import DB_ERRORS, create_autocommit_sessions, create_engine, create_sessions
+from .web import setup_pages
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     app[REALTIME] = realtime
     realtime.attach(app)
     api.setup_routes(app)
+    setup_pages(app)
     app.cleanup_ctx.append(_services_ctx(migrate))
     app.cleanup_ctx.append(_loop_lag_ctx)
     app.cleanup_ctx.append(_webhook_worker_ctx)
