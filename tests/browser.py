@@ -54,6 +54,7 @@ class PageErrors:
 
     def __init__(self, page: Any) -> None:
         self.items: list[str] = []
+        self.accept_confirm = False  # a test that clicks a confirmed action sets this
         page.on("pageerror", lambda error: self.items.append(f"pageerror: {error}"))
         page.on("dialog", self._dialog)
         page.on("console", self._console)
@@ -65,6 +66,9 @@ class PageErrors:
             self.items.append(f"console: {message.text}")
 
     async def _dialog(self, dialog: Any) -> None:
+        if self.accept_confirm and dialog.type == "confirm":
+            await dialog.accept()
+            return
         self.items.append(f"dialog: {dialog.type} {dialog.message}")
         await dialog.dismiss()
 

@@ -387,7 +387,10 @@ function start() {
     input.disabled = false;
     sendButton.disabled = false;
     if (!value) {
+      // Who is present is unknown until the next join answers.
       for (const id of [...typers.keys()]) stopTyping(id);
+      members.clear();
+      renderMembers();
     }
   }
 
