@@ -91,6 +91,9 @@ async def test_two_users_chat_live_with_history_presence_typing_and_text_only_bo
         await expect(page.locator("#messages .who").nth(1)).to_have_text("<b>Mallory</b>")
         assert await page.locator("#messages img, #messages b").count() == 0
 
+    # The websocket upgrade passes the page's CSP (connect-src 'self').
+    await expect(alice.locator("body")).to_have_attribute("data-transport", "websocket")
+
     # Presence: each page lists both users, itself marked.
     await expect(alice.locator("#members li")).to_have_text(["Alice (you)", "Bob"])
     await expect(bob.locator("#members li")).to_have_text(["Alice", "Bob (you)"])
@@ -121,7 +124,8 @@ async def test_two_users_chat_live_with_history_presence_typing_and_text_only_bo
     await bob.get_by_label("Message").fill("hi carol")
     await bob.get_by_label("Message").press("Enter")
     received = await inbox.get()
-    assert (received["sender"], received["body"]) == ({"id": "bob", "name": "Bob"}, {"text": "hi carol"})
+    assert received["sender"] == {"id": "bob", "name": "Bob"}
+    assert received["body"] == {"text": "hi carol"}
     ack = await carol.call(
         "message", {"room": "lobby", "body": {"text": "hi pages"}}, namespace=f"/{slug}"
     )
@@ -233,4 +237,3 @@ async def test_suspending_from_the_console_shows_in_both_chats_and_resuming_reco
     await hal.get_by_label("Message").press("Enter")
     await expect(texts(gus)).to_have_text(["before", "after", "back"])
     assert pages.all_errors() == []
-

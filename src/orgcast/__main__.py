@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"orgcast serving on http://{host}:{port}\n"
         f"  database: {_safe_url(settings.database_url)}\n"
         f"  admin token: {where}\n"
+        f"  console: {public}/console/ (sign in with the admin token)\n"
         f"  OpenAPI: {public}/api/v1/openapi.json"
     )
     app = create_app(settings, migrate=args.migrate)

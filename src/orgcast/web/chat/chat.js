@@ -95,6 +95,13 @@ function start() {
 
   // -- connection lifecycle ------------------------------------------------------------------
 
+  // Which transport carries the chat (tests check that the CSP lets the websocket through).
+  socket.io.on("open", () => {
+    const engine = socket.io.engine;
+    document.body.dataset.transport = engine.transport.name;
+    engine.on("upgrade", (transport) => (document.body.dataset.transport = transport.name));
+  });
+
   socket.on("connect", () => {
     retries = 0;
     closing = null;
