@@ -14,6 +14,7 @@ import pytest
 from orgcast.api import schemas
 from orgcast.api.routes import ROUTES, Route
 from orgcast.settings import MetricsSettings
+from orgcast.web import load_assets
 from tests.support import Server, eventually, node_settings, start_server, unique_slug
 from tests.webhooks_support import FAST, quiet_endpoints, receiver
 
@@ -42,11 +43,13 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 
 
 def served(server: Server) -> set[tuple[str, str]]:
-    """(method, path template) of every route the router serves, the Engine.IO endpoint aside."""
+    """(method, path template) of every route the router serves, the Engine.IO endpoint and the
+    browser pages' static files aside."""
+    pages = {*load_assets(), "/console", "/chat"}
     routes = set()
     for route in server.app.router.routes():
         canonical = route.resource.canonical if route.resource is not None else ""
-        if not canonical.startswith("/socket.io"):
+        if not canonical.startswith("/socket.io") and canonical not in pages:
             routes.add((route.method, canonical))
     return routes
 
