@@ -113,3 +113,18 @@ async def screenshot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+UNLABELLED = """() => [
+  ...[...document.querySelectorAll("input, select, textarea")]
+    .filter((e) => !(e.labels?.length || e.getAttribute("aria-label")))
+    .map((e) => `field ${e.id || e.name}`),
+  ...[...document.querySelectorAll("button, a")]
+    .filter((e) => !(e.textContent.trim() || e.getAttribute("aria-label")))
+    .map((e) => `${e.tagName} ${e.outerHTML.slice(0, 80)}`),
+]"""
+
+
+async def unlabelled(page: Any) -> list[str]:
+    """Form fields without a label and buttons or links without a name, on the page now."""
+    return list(await page.evaluate(UNLABELLED))

@@ -7,6 +7,7 @@ the console.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,8 +15,16 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import expect
 
-from tests.browser import DESKTOP, PHONE, Pages, chromium, open_pages, screenshot
-from tests.support import ADMIN_TOKEN, Inbox, Server, node_settings, start_server
+from orgcast.settings import ServerSettings
+from tests.browser import DESKTOP, PHONE, Pages, chromium, open_pages, screenshot, unlabelled
+from tests.support import (
+    ADMIN_TOKEN,
+    Inbox,
+    Server,
+    eventually,
+    node_settings,
+    start_server,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -136,6 +145,11 @@ async def test_two_users_chat_live_with_history_presence_typing_and_text_only_bo
     await carol.disconnect()
     await expect(bob.locator("#members li")).to_have_text(["Alice", "Bob (you)"])
 
+    assert await unlabelled(alice) == []
+    # Keyboard: from the field, Tab reaches Send.
+    await alice.get_by_label("Message").focus()
+    await alice.keyboard.press("Tab")
+    await expect(alice.get_by_role("button", name="Send")).to_be_focused()
     await screenshot(alice, "chat-desktop")
     await screenshot(bob, "chat-375px")
     # Nothing on the page overflows a 375 px screen sideways.
@@ -188,6 +202,7 @@ async def test_chat_without_parameters_shows_a_form_that_opens_the_room(
     await page.goto(f"{node.url}/chat")  # redirected to /chat/
     await expect(page.locator("body")).to_have_attribute("data-state", "form")
     await screenshot(page, "chat-form-375px")
+    assert await unlabelled(page) == []
     await page.get_by_label("Tenant").fill(tenant.slug)
     await page.get_by_label("Client token").fill(token)
     await page.get_by_label("Room", exact=True).fill("side")
@@ -237,3 +252,41 @@ async def test_suspending_from_the_console_shows_in_both_chats_and_resuming_reco
     await hal.get_by_label("Message").press("Enter")
     await expect(texts(gus)).to_have_text(["before", "after", "back"])
     assert pages.all_errors() == []
+
+
+async def test_a_chat_that_lost_its_network_rejoins_with_since_and_shows_what_it_missed_once(
+    browser: Any, pages: Pages, database_url: str, tmp_path: Path
+) -> None:
+    # Short pings, so that both ends notice the lost network within about two seconds.
+    settings = node_settings(
+        database_url, tmp_path, server=ServerSettings(port=0, ping_interval=1, ping_timeout=1)
+    )
+    async with start_server(settings) as server:
+        tenant = await server.create_tenant()
+        slug = tenant.slug
+        await publish(server, slug, "lobby", "one", {"id": "bot", "name": "Bot"})
+        token = await server.token(slug, "ivy", name="Ivy")
+        page = await open_chat(pages, server, slug, token, "lobby", DESKTOP)
+        await expect(texts(page)).to_have_text(["one"])
+        await publish(server, slug, "lobby", "two", {"id": "bot", "name": "Bot"})
+        await expect(texts(page)).to_have_text(["one", "two"])
+
+        await page.context.set_offline(True)
+        await expect(page.locator("body")).not_to_have_attribute("data-state", "joined")
+        await eventually(lambda: no_members(server, slug))
+        await publish(server, slug, "lobby", "three", {"id": "bot", "name": "Bot"})
+        await page.context.set_offline(False)
+
+        await expect(page.locator("body")).to_have_attribute("data-state", "joined", timeout=15_000)
+        await expect(texts(page)).to_have_text(["one", "two", "three"])
+        vias = await page.locator("#messages li[data-seq]").evaluate_all(
+            "items => items.map(item => item.dataset.via)"
+        )
+        assert vias == ["history", "live", "missed"]
+        await pages.close()
+    assert pages.all_errors() == []
+
+
+async def no_members(server: Server, slug: str) -> bool:
+    status, body = await server.request("GET", f"/api/v1/tenants/{slug}")
+    return status == 200 and body["connections"] == 0

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import expect
 
-from tests.browser import DESKTOP, PHONE, Pages, chromium, open_pages, screenshot
+from tests.browser import DESKTOP, PHONE, Pages, chromium, open_pages, screenshot, unlabelled
 from tests.support import ADMIN_TOKEN, Server, node_settings, start_server, unique_slug
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -61,7 +61,12 @@ async def test_console_signs_in_with_the_admin_token_kept_in_session_storage_onl
     await expect(page.locator("#sign-in-error")).to_have_text(
         "That admin token was refused. (auth_invalid)"
     )
-    await sign_in(page, node)
+    # Keyboard only: the field has the focus, Enter submits.
+    await page.get_by_label("Admin token").fill("")
+    await expect(page.get_by_label("Admin token")).to_be_focused()
+    await page.keyboard.type(ADMIN_TOKEN)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("body")).to_have_attribute("data-state", "tenants")
     assert await page.evaluate("sessionStorage.getItem('orgcast.adminToken')") == ADMIN_TOKEN
     assert await page.evaluate("localStorage.length") == 0
     assert ADMIN_TOKEN not in await page.evaluate("document.cookie")
@@ -176,6 +181,7 @@ async def test_console_creates_a_tenant_rotates_keys_edits_it_and_opens_chat_as_
 
     # Webhooks: the routes of the contract, or a plain statement that this server has none.
     await expect(page.locator("#webhooks")).not_to_contain_text("Loading")
+    assert await unlabelled(page) == []
     await screenshot(page, "console-tenant-desktop")
     await page.set_viewport_size(PHONE)
     await screenshot(page, "console-tenant-375px")
@@ -209,8 +215,9 @@ async def test_console_lists_tenants_with_status_and_live_counts(
     await expect(row).to_contain_text(XSS)
     await expect(row.locator(".badge")).to_have_text("suspended")
     await expect(row.locator("td").nth(3)).to_have_text("0")
+    await screenshot(page, "console-tenants-375px")
+    assert await unlabelled(page) == []
     await page.get_by_label("Status").select_option("active")
     await expect(row).to_have_count(0)
-    await screenshot(page, "console-tenants-375px")
     assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     assert pages.all_errors() == []

@@ -197,7 +197,7 @@ function start() {
     for (const member of ack.members ?? []) members.set(member.id, member.name);
     renderMembers();
     if (joinedOnce) {
-      for (const message of ack.missed ?? []) show(message);
+      for (const message of ack.missed ?? []) show(message, "missed");
       if (ack.truncated) await replay();
     } else {
       await loadHistory();
@@ -215,14 +215,14 @@ function start() {
     if (ack.has_more) {
       list.prepend(el("li", { class: "system" }, "Older messages are not shown."));
     }
-    for (const message of ack.messages) show(message);
+    for (const message of ack.messages) show(message, "history");
   }
 
   async function replay() {
     for (let page = 0; page < MAX_REPLAY_PAGES; page += 1) {
       const ack = await request("history", { room, after_seq: lastSeq, limit: 100 });
       if (!ack) return;
-      for (const message of ack.messages) show(message);
+      for (const message of ack.messages) show(message, "missed");
       if (!ack.has_more || ack.messages.length === 0) return;
     }
   }
@@ -244,11 +244,12 @@ function start() {
   socket.on("message", (message) => {
     if (message?.room !== room) return;
     stopTyping(message.sender?.id);
-    show(message);
+    show(message, "live");
   });
 
-  /** Show a stored message once, in seq order. */
-  function show(message) {
+  /** Show a stored message once, in seq order; `via` says how it came (history, live, missed,
+   * sent), for people inspecting the page and for the tests. */
+  function show(message, via) {
     if (typeof message?.seq !== "number" || shown.has(message.seq)) return;
     const mine = message.sender?.id === me.id;
     const item = messageItem(message.sender?.name ?? message.sender?.id ?? "?", message.body, {
@@ -256,6 +257,7 @@ function start() {
       ts: message.ts,
     });
     item.dataset.seq = String(message.seq);
+    item.dataset.via = via;
     shown.set(message.seq, item);
     lastSeq = Math.max(lastSeq, message.seq);
     // Usually the newest: walk back from the end to the first smaller seq.
@@ -306,7 +308,7 @@ function start() {
     }
     if (ack.ok) {
       pending.remove();
-      show({ ...ack, sender: me, body });
+      show({ ...ack, sender: me, body }, "sent");
       return;
     }
     pending.classList.replace("pending", "failed");

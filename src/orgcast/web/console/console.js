@@ -263,7 +263,7 @@ function listView() {
     more.hidden = !cursor;
     for (const tenant of page.tenants) {
       const live = el("td", { class: "muted" }, "…");
-      const liveRooms = el("td", { class: "muted" }, "…");
+      const liveRooms = el("td", { class: "muted hide-narrow" }, "…");
       rows.append(
         el(
           "tr",
@@ -285,7 +285,7 @@ function listView() {
         () => fill(live, "?"),
       );
     }
-    if (rows.children.length === 0) rows.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "No tenants yet.")));
+    if (rows.children.length === 0) rows.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, status.value ? `No ${status.value} tenants.` : "No tenants yet.")));
   }
 
   status.addEventListener("change", () => load(true));
@@ -336,7 +336,7 @@ function listView() {
         el(
           "table",
           {},
-          el("thead", {}, el("tr", {}, ["Slug", "Name", "Status", "Connections", "Rooms"].map((h) => el("th", { scope: "col" }, h)), el("th", { scope: "col", class: "hide-narrow" }, "Created"))),
+          el("thead", {}, el("tr", {}, ["Slug", "Name", "Status", "Connections"].map((h) => el("th", { scope: "col" }, h)), el("th", { scope: "col", class: "hide-narrow" }, "Rooms"), el("th", { scope: "col", class: "hide-narrow" }, "Created"))),
           rows,
         ),
       ),
