@@ -179,7 +179,12 @@ function start() {
     try {
       ack = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck("join", payload);
     } catch {
-      return; // no answer: the connection is going down, its disconnect handler takes over
+      // No answer: if the connection is going down its handlers take over; if not, ask again.
+      if (socket.connected) {
+        notice("The server did not answer the join in time; asking again…");
+        setTimeout(() => socket.connected && join(), 2000);
+      }
+      return;
     }
     if (!ack.ok) {
       const { code, message } = ack.error ?? {};

@@ -381,6 +381,7 @@ function tenantView(slug) {
   async function refreshCounts() {
     try {
       const tenant = await api("GET", path);
+      if (stopped) return;
       fill($("#stat-connections"), String(tenant.connections));
       fill($("#stat-rooms"), String(tenant.rooms));
       fill($("#tenant-status"), tenant.status);
@@ -626,6 +627,7 @@ function tenantView(slug) {
     $("#watch-room").value = room;
     const status = $("#tail-status");
     const say = (text, kind = "") => {
+      if (stopped) return; // the view is gone
       status.className = `notice ${kind}`;
       fill(status, text);
       status.hidden = false;
@@ -640,6 +642,7 @@ function tenantView(slug) {
     const current = {
       stop() {
         socket.disconnect();
+        if (stopped) return;
         $("#stop-watch").hidden = true;
         if (tail === current) tail = null;
         say(`Stopped watching ${room}.`);
@@ -649,9 +652,9 @@ function tenantView(slug) {
     $("#stop-watch").hidden = false;
     say(`Connecting to ${room}…`);
 
-    const showMembers = () => fill($("#tail-members"), `Present: ${[...members.values()].sort().join(", ") || "nobody"}`);
+    const showMembers = () => !stopped && fill($("#tail-members"), `Present: ${[...members.values()].sort().join(", ") || "nobody"}`);
     const show = (message) => {
-      if (shown.has(message.seq)) return;
+      if (stopped || shown.has(message.seq)) return;
       const item = el(
         "li",
         { dataset: { seq: String(message.seq) } },
@@ -668,6 +671,7 @@ function tenantView(slug) {
 
     socket.on("connect", async () => {
       const joined = await socket.timeout(10000).emitWithAck("join", { room }).catch(() => null);
+      if (stopped) return;
       if (!joined?.ok) {
         say(describe(joined?.error?.code ?? "unavailable", joined?.error?.message), "error");
         return;
@@ -675,6 +679,7 @@ function tenantView(slug) {
       for (const member of joined.members) members.set(member.id, member.name);
       showMembers();
       const history = await socket.timeout(10000).emitWithAck("history", { room, limit: 20 }).catch(() => null);
+      if (stopped) return;
       for (const message of history?.messages ?? []) show(message);
       say(`Watching ${room}: new messages appear below.`, "ok");
     });
@@ -687,13 +692,13 @@ function tenantView(slug) {
     });
     socket.on("connect_error", (err) => {
       say(err?.data ? describe(err.data.code, err.data.message) : `Cannot reach the server (${err?.message}).`, "error");
-      $("#stop-watch").hidden = true;
+      if (!stopped) $("#stop-watch").hidden = true;
     });
     socket.on("disconnect", (reason) => {
       if (reason !== "io client disconnect") {
         say(`The connection ended (${reason}); the tenant may have been suspended. Watch again to reconnect.`, "error");
       }
-      $("#stop-watch").hidden = true;
+      if (!stopped) $("#stop-watch").hidden = true;
     });
   }
 
@@ -737,7 +742,9 @@ function tenantView(slug) {
     } catch (error) {
       if (stopped) return;
       const body = $("#webhooks-body");
-      if (error.status === 404 && error.code !== "tenant_not_found") {
+      // A route this server does not have answers 404 not_found (a missing tenant would be
+      // tenant_not_found): the webhooks feature is simply absent.
+      if (error.status === 404 && error.code === "not_found") {
         fill(body, el("p", { class: "muted", id: "webhooks-unavailable" }, "Webhooks are not available on this server."));
       } else {
         fill(body, el("p", { class: "notice error" }, error.words ?? String(error)));
@@ -753,7 +760,7 @@ function tenantView(slug) {
         { dataset: { id: hook.id } },
         el("td", { class: "mono" }, hook.url, hook.description ? el("div", { class: "hint" }, hook.description) : null),
         el("td", {}, (hook.events ?? []).join(", ")),
-        el("td", {}, hook.enabled ? "enabled" : "disabled"),
+        el("td", {}, hook.enabled ? "enabled" : "disabled", hook.disabled_reason ? el("div", { class: "hint" }, `by the server: ${hook.disabled_reason}`) : null),
         el(
           "td",
           {},

@@ -36,6 +36,11 @@ const WORDS = {
   validation_failed: "Some fields are not valid.",
   invalid_json: "The request body was not valid JSON.",
   method_not_allowed: "That operation is not allowed here.",
+  // Webhooks
+  webhook_not_found: "No such webhook endpoint.",
+  webhook_limit: "This organization has as many webhook endpoints as it may.",
+  target_forbidden: "That URL points to a private or local address, which webhooks may not call.",
+  delivery_not_found: "No such delivery.",
 };
 
 /** A sentence for `code`, followed by the server's own message when it adds something. */
