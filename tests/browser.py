@@ -108,10 +108,10 @@ async def open_pages(browser: Any) -> AsyncIterator[Pages]:
         await pages.close()
 
 
-async def screenshot(page: Any, name: str) -> Path:
+async def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)
+    await page.screenshot(path=str(path), full_page=full_page)
     return path
 
 

@@ -185,6 +185,8 @@ async def test_console_creates_a_tenant_rotates_keys_edits_it_and_opens_chat_as_
     await screenshot(page, "console-tenant-desktop")
     await page.set_viewport_size(PHONE)
     await screenshot(page, "console-tenant-375px")
+    await page.locator("#keys").scroll_into_view_if_needed()
+    await screenshot(page, "console-keys-375px", full_page=False)
     assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     await page.set_viewport_size(DESKTOP)
 
