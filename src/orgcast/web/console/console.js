@@ -722,6 +722,7 @@ function tenantView(slug) {
       const created = await attempt(() => api("POST", `${path}/webhooks`, spec));
       if (!created) return;
       showSecret(`Signing secret of endpoint ${created.id}`, [[created.url, created.secret]]);
+      form.reset();
       flash("Endpoint added.", "ok");
       loadWebhooks();
     });
