@@ -227,10 +227,9 @@ async def test_suspending_from_the_console_shows_in_both_chats_and_resuming_reco
     await expect(texts(hal)).to_have_text(["before"])
 
     console = await pages.new()
-    await console.goto(f"{node.url}/console/")
+    await console.goto(f"{node.url}/console/#/t/{slug}")
     await console.get_by_label("Admin token").fill(ADMIN_TOKEN)
     await console.get_by_role("button", name="Sign in").click()
-    await console.get_by_role("link", name=slug, exact=True).click()
     await console.get_by_role("button", name="Suspend").click()
     await expect(console.locator("#tenant-status")).to_have_text("suspended")
 
