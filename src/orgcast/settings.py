@@ -110,7 +110,7 @@ class MessagesSettings(Section):
     replay_page: int = Field(1000, ge=1, le=100_000)
     replay_max_bytes: int = Field(1_048_576, ge=1024)
     batch_max_size: int = Field(256, ge=1)
-    batch_max_delay_ms: float = Field(2.0, ge=0)
+    batch_max_delay_ms: float = Field(0.0, ge=0)
     queue_max: int = Field(10_000, ge=1)
     retention_interval_seconds: float = Field(3600, gt=0)
     retention_batch: int = Field(5000, ge=1)

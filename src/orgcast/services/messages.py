@@ -1,9 +1,14 @@
 """The durable message log: group-committed writes, history, replay and retention.
 
 Senders hand a message to ``MessageService.send`` and wait; a single writer task drains the queue
-in batches (closed on ``batch_max_size`` or ``batch_max_delay_ms``), stores each batch in one
-transaction and resolves every sender's future when it commits. An ack therefore always means
-"stored". The queue is bounded: when the database falls behind, ``send`` fails fast with
+in batches, stores each batch in one transaction (or one statement) and resolves every sender's
+future when it commits. An ack therefore always means "stored".
+
+Batching is adaptive: a message that finds the writer idle is committed at once, with no timer;
+whatever arrives while a commit is in flight forms the next batch (up to ``batch_max_size``). So
+batches grow with the load by themselves, and a lone message waits for nothing but its own commit.
+``batch_max_delay_ms`` > 0 additionally lets a busy writer (one that found messages already
+waiting when its previous commit ended) linger that long to fill its batch; never an idle one. The queue is bounded: when the database falls behind, ``send`` fails fast with
 ``rate_limited`` instead of buffering without limit.
 
 ``send`` enqueues without suspending, so messages from one socket keep the order they arrived in.
@@ -153,11 +158,12 @@ class MessageService:
         delay = self._settings.batch_max_delay_ms / 1000
         queue = self._queue
         while True:
+            busy = not queue.empty()  # messages arrived while the previous commit was in flight
             batch = [await queue.get()]
             try:
                 while len(batch) < limit and not queue.empty():
                     batch.append(queue.get_nowait())
-                if len(batch) < limit and delay > 0:
+                if busy and len(batch) < limit and delay > 0:
                     # One timer for the whole wait (wait_for would start a task per message).
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
