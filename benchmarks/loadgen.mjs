@@ -6,7 +6,7 @@
 // result is one JSON document on stdout (the last line). Every run is bounded: a hard timeout
 // exits with code 2, and every loop below has a count and a deadline. The generator reports its
 // own CPU time (process.cpuUsage) per phase, so a run can say when it, not the server, was the
-// limit. Scenarios: fanout, chat, storm, recovery, tenants, hold (see each function).
+// limit. Scenarios: fanout, chat, storm, recovery, tenants, hold, fixed (see each function).
 
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
@@ -519,6 +519,84 @@ async function tenants() {
   return { warm: warm.summary(), cold: cold.summary(), errors };
 }
 
+// -- fixed rate: low-load latency (N clients in R rooms, one message stream at a fixed rate) ---
+
+// Every client joins room `i % rooms`; messages go out at `rate` per second, round robin over
+// the clients (so over the rooms); each delivery's latency is measured at its recipients (the
+// sender excluded). Reported: delivery and ack latency percentiles, generator and server CPU.
+async function fixed() {
+  const n = cfg.clients;
+  const rooms = cfg.rooms;
+  const roomOf = (i) => `fixed-${i % rooms}`;
+  const { sockets, errors } = await connectMany(n, 50);
+  if (Object.keys(errors).length) throw new Error(`connect errors: ${JSON.stringify(errors)}`);
+  await joinAll(sockets, roomOf);
+  let lat = new Samples();
+  let received = 0;
+  let measuring = false;
+  for (const s of sockets) {
+    s.on("message", (m) => {
+      if (!measuring) return;
+      received++;
+      lat.add(now() - m.body.t);
+    });
+  }
+  async function run(rate, seconds) {
+    let sent = 0;
+    let acked = 0;
+    const ackErrors = {};
+    const ackLat = new Samples();
+    const t0 = now();
+    const total = Math.round(rate * seconds);
+    while (sent < total && now() - t0 < seconds * 1000 + 5000) {
+      const due = Math.min(total, Math.floor(((now() - t0) / 1000) * rate));
+      for (; sent < due; sent++) {
+        const i = sent % n;
+        const t = now();
+        sockets[i].emit("message", { room: roomOf(i), body: { t, text: PAD } }, (a) => {
+          if (a && a.ok) {
+            acked++;
+            ackLat.add(now() - t);
+          } else {
+            const code = a?.error?.code ?? "no_ack";
+            ackErrors[code] = (ackErrors[code] ?? 0) + 1;
+          }
+        });
+      }
+      await sleep(1);
+    }
+    return { sent, ackLat, ackErrors, acked: () => acked };
+  }
+  // Warm-up (not measured): the first messages of each room prepare statements, fill caches.
+  await run(cfg.rate, Math.min(2, cfg.duration_s));
+  await sleep(300);
+  measuring = true;
+  const end = phase();
+  const r = await run(cfg.rate, cfg.duration_s);
+  const usage = end();
+  const perRoom = n / rooms;
+  const expected = r.sent * (perRoom - 1);
+  await settle(() => received, () => received >= expected, 500, cfg.grace_s * 1000);
+  measuring = false;
+  const result = {
+    clients: n,
+    rooms,
+    rate: cfg.rate,
+    sent: r.sent,
+    acked: r.acked(),
+    ack_errors: r.ackErrors,
+    expected,
+    received,
+    delivery_ratio: round(expected ? received / expected : 0, 4),
+    latency: lat.summary(),
+    ack_latency: r.ackLat.summary(),
+    ...usage,
+  };
+  note(`fixed ${n}x${rooms} @${cfg.rate}/s p50=${result.latency.p50_ms} p99=${result.latency.p99_ms}ms gen_cpu=${usage.generator_cpu_frac}`);
+  closeAll(sockets);
+  return result;
+}
+
 // -- memory: hold N idle sockets (each joined to a room) until told to let go ----------------
 
 async function hold() {
@@ -532,7 +610,7 @@ async function hold() {
   return { clients: cfg.clients };
 }
 
-const scenarios = { fanout, chat, storm, recovery, tenants, hold };
+const scenarios = { fanout, chat, storm, recovery, tenants, hold, fixed };
 
 try {
   const run = scenarios[cfg.scenario];

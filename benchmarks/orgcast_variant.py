@@ -11,6 +11,8 @@ engine's own ``AsyncSocket.poll`` (a task per wake-up) on every socket.
 delivery's per-room state (the cost of DESIGN §11 on one node).
 ``ORGCAST_BENCH_OUTBOX=off`` stores messages with the statement of before webhooks (no outbox
 CTEs, no endpoint generation check): what a node without webhooks would cost.
+``ORGCAST_BENCH_TRACEMALLOC=DIR`` traces allocations (8 frames) and writes a snapshot to
+``DIR/snapshot-<n>.pickle`` for each file ``DIR/request-<n>`` (``benchmarks/idle.py --trace`` compares them).
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -80,7 +82,31 @@ def _no_outbox() -> None:
     messages.MessageService.__init__ = without_outbox  # type: ignore[method-assign]
 
 
+def _tracemalloc(directory: str) -> None:
+    import threading
+    import time
+    import tracemalloc
+
+    tracemalloc.start(8)
+
+    def watch() -> None:
+        # A file ``request-<n>`` asks for ``snapshot-<n>.pickle`` (signals wait for the loop).
+        while True:
+            for name in os.listdir(directory):
+                if name.startswith("request-"):
+                    n = name.removeprefix("request-")
+                    os.unlink(os.path.join(directory, name))
+                    target = os.path.join(directory, f"snapshot-{n}.pickle")
+                    tracemalloc.take_snapshot().dump(target + ".tmp")
+                    os.rename(target + ".tmp", target)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> int:
+    if os.environ.get("ORGCAST_BENCH_TRACEMALLOC"):
+        _tracemalloc(os.environ["ORGCAST_BENCH_TRACEMALLOC"])
     if os.environ.get("ORGCAST_BENCH_CODEC") == "stdlib":
         _stdlib_codec()
     if os.environ.get("ORGCAST_BENCH_STORE") == "statements":

@@ -52,7 +52,7 @@ PG_ADMIN = os.environ.get("ORGCAST_BENCH_POSTGRES", "postgresql://postgres@127.0
 ADMIN_TOKEN = "bench-admin-" + secrets.token_hex(12)
 REF_SECRET = secrets.token_hex(32)
 SLUG = "bench"
-SCENARIOS = ("memory", "storm", "fanout", "chat", "recovery", "tenants")
+SCENARIOS = ("memory", "storm", "fanout", "chat", "lowfan", "lowrooms", "recovery", "tenants")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {
     "fanout": 0.8,
@@ -69,6 +69,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "storm": {"clients": 1000, "rounds": 1},
         "fanout": {"step_s": 2, "start_rate": 10, "growth": 1.6, "refine": 1, "max_steps": 12},
         "chat": {"duration_s": 3},
+        "lowfan": {"duration_s": 4},
+        "lowrooms": {"duration_s": 4},
         "recovery": {"repeats": 3},
         "tenants": {"warm_connects": 50, "cold": 8},
         "repeats": {},
@@ -78,6 +80,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "storm": {"clients": 1000, "rounds": 3},
         "fanout": {"step_s": 4, "start_rate": 10, "growth": 1.35, "refine": 3, "max_steps": 20},
         "chat": {"duration_s": 8},
+        "lowfan": {"duration_s": 10},
+        "lowrooms": {"duration_s": 10},
         "recovery": {"repeats": 5},
         "tenants": {"warm_connects": 200, "cold": 16},
         # Alternating runs (ref, orgcast, ref, orgcast); the best of each is kept, since other
@@ -215,6 +219,7 @@ def start_orgcast(
     data_dir: str,
     name: str = "orgcast",
     overrides: dict[str, str] | None = None,
+    ready_s: float = 60,
 ) -> Target:
     """Start orgcast; ``overrides`` (environment settings) make an A/B variant of it."""
     port = free_port()
@@ -241,7 +246,7 @@ def start_orgcast(
     cmd.append("--migrate")
     proc = subprocess.Popen(pinned(cmd, cpu), env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/readyz", proc)
+    wait_http(url + "/readyz", proc, ready_s)
     created = http(
         "POST",
         url + "/api/v1/tenants",
@@ -531,6 +536,20 @@ def run_chat(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def run_lowfan(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    """Low load, fan-out: 1 room x 200 clients at 50 messages/s (~10,000 deliveries/s)."""
+    config = {**base(target, "fixed", 200), "clients": 200, "rooms": 1, "rate": 50,
+              "grace_s": 3, **p}  # fmt: skip
+    return measure(target, gen, config)
+
+
+def run_lowrooms(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
+    """Low load, many rooms: 1,000 clients in 100 rooms at 500 messages/s."""
+    config = {**base(target, "fixed", 1000), "clients": 1000, "rooms": 100, "rate": 500,
+              "grace_s": 3, **p}  # fmt: skip
+    return measure(target, gen, config)
+
+
 def run_recovery(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
     config = {
         **base(target, "recovery", 16),
@@ -583,6 +602,8 @@ RUNNERS = {
     "storm": run_storm,
     "fanout": run_fanout,
     "chat": run_chat,
+    "lowfan": run_lowfan,
+    "lowrooms": run_lowrooms,
     "recovery": run_recovery,
     "tenants": run_tenants,
 }
@@ -712,6 +733,17 @@ def summarize(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             met=None if p99 is None else p99 <= TARGETS["half_p99_ms"])  # fmt: skip
         row("b chat", "postgres backend CPU s", None,
             org.get("chat", {}).get("server", {}).get("postgres_cpu_s"))  # fmt: skip
+    for scenario, label in (("lowfan", "f low fan-out"), ("lowrooms", "g low rooms")):
+        if scenario in ref or scenario in org:
+            r = ref.get(scenario, {}).get("result", {})
+            o = org.get(scenario, {}).get("result", {})
+            what = "1 room x 200 @ 50 msg/s" if scenario == "lowfan" else "1000 x 100 rooms @ 500/s"
+            row(label, f"delivery p50 / p99 ms ({what})", _pair(r.get("latency")),
+                _pair(o.get("latency")))  # fmt: skip
+            row(label, "ack p50 / p99 ms", _pair(r.get("ack_latency")),
+                _pair(o.get("ack_latency")))  # fmt: skip
+            row(label, "server / generator CPU (1.0 = one core)",
+                _cpus(r), _cpus(o))  # fmt: skip
     if "recovery" in ref or "recovery" in org:
         r = ref.get("recovery", {}).get("result", {})
         o = org.get("recovery", {}).get("result", {})
@@ -739,6 +771,12 @@ def summarize(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 f"{spread:+.0%}", target="<= 20%",
                 met=spread <= TARGETS["tenant_flatness"])  # fmt: skip
     return rows
+
+
+def _cpus(result: dict[str, Any]) -> str | None:
+    if "server_cpu_frac" not in result:
+        return None
+    return f"{result['server_cpu_frac']:.2f} / {result.get('generator_cpu_frac', 0):.2f}"
 
 
 def _fanout_per_cpu(result: dict[str, Any]) -> int | None:
@@ -865,6 +903,13 @@ def ab_metrics(scenario: str, run: dict[str, Any]) -> dict[str, float | None]:
         return {
             "storm connects/s": r.get("median_connects_per_s"),
             "storm connects per server CPU-s": _storm_per_cpu(r),
+        }
+    if scenario in ("lowfan", "lowrooms"):
+        lat, ack = r.get("latency") or {}, r.get("ack_latency") or {}
+        return {
+            f"{scenario} p50 ms": lat.get("p50_ms"),
+            f"{scenario} p99 ms": lat.get("p99_ms"),
+            f"{scenario} ack p50 ms": ack.get("p50_ms"),
         }
     if scenario == "recovery":
         return {"recovery replay ms": r.get("median_ms")}
