@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402
+import run
 
 PER_PROCESS = 10_000
 
@@ -117,7 +117,8 @@ def short(filename: str) -> str:
 
 def attribute(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int) -> list[str]:
     lines = []
-    for key, label in (("lineno", "innermost frame"), ("traceback", "innermost frame outside asyncio")):
+    labels = (("lineno", "innermost frame"), ("traceback", "innermost frame outside asyncio"))
+    for key, label in labels:
         diff = after.compare_to(before, key)
         if key == "traceback":
             grouped: dict[str, list[int]] = {}
@@ -168,7 +169,8 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
         out["rss_before_kb"] = run.rss_kb(target.pid)
         ticks0 = run.cpu_ticks(target.pid)
         with holding(target, n, gen_cpu, tmp) as info:
-            out["server_connect_cpu_s"] = round((run.cpu_ticks(target.pid) - ticks0) / run.CLK_TCK, 2)
+            connect_cpu = (run.cpu_ticks(target.pid) - ticks0) / run.CLK_TCK
+            out["server_connect_cpu_s"] = round(connect_cpu, 2)
             time.sleep(2.0)
             out["rss_connected_kb"] = run.rss_kb(target.pid)
             out["kib_per_socket"] = round((out["rss_connected_kb"] - out["rss_before_kb"]) / n, 2)

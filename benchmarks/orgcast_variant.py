@@ -12,7 +12,8 @@ delivery's per-room state (the cost of DESIGN §11 on one node).
 ``ORGCAST_BENCH_OUTBOX=off`` stores messages with the statement of before webhooks (no outbox
 CTEs, no endpoint generation check): what a node without webhooks would cost.
 ``ORGCAST_BENCH_TRACEMALLOC=DIR`` traces allocations (8 frames) and writes a snapshot to
-``DIR/snapshot-<n>.pickle`` for each file ``DIR/request-<n>`` (``benchmarks/idle.py --trace`` compares them).
+``DIR/snapshot-<n>.pickle`` for each file ``DIR/request-<n>`` (``benchmarks/idle.py --trace``
+compares them).
 Without any switch this is exactly ``orgcast``.
 """
 

@@ -46,7 +46,7 @@ def cpu_s() -> float:
 
 
 class Client(asyncio.Protocol):
-    __slots__ = ("transport", "buffer", "upgraded", "state", "ready", "token", "ns", "room")
+    __slots__ = ("buffer", "ns", "ready", "room", "state", "token", "transport", "upgraded")
 
     def __init__(self, token: str, ns: str, room: str | None, ready: asyncio.Future[None]):
         self.transport: asyncio.Transport | None = None
@@ -138,9 +138,7 @@ class Client(asyncio.Protocol):
             self.ready.set_result(None)
 
 
-async def connect(
-    host: str, port: int, path: str, token: str, ns: str, room: str | None
-) -> Client:
+async def connect(host: str, port: int, path: str, token: str, ns: str, room: str | None) -> Client:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     _, client = await loop.create_connection(lambda: Client(token, ns, room, ready), host, port)

@@ -25,6 +25,14 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
 4. ``DirectFanoutRedis._handle_emit`` (overrides the Redis manager's pub/sub handler): a volatile
    emit stays volatile on every node; the flag travels in the pub/sub message. Correctness, not
    speed (DESIGN: ephemeral events are volatile).
+6. Lean engine sockets (``install_lean_sockets``, with direct fan-out): when python-engineio
+   creates a socket (its ``connect`` event, before the first ping is scheduled), the socket's
+   ``asyncio.Queue`` is swapped for a ``LeanQueue`` (no deque, getter or join event until used),
+   ``schedule_ping`` files the socket in the server's ``PingWheel`` (one timer for all sockets)
+   instead of starting a task that sleeps a ping interval, and a
+   websocket opened directly (not upgraded from polling) is served by ``lean_websocket_handler``,
+   which reads in the request's own task instead of a task plus ``wait_for`` per read. Memory per
+   idle joined websocket: see benchmarks/RESULTS.md ("Memory per idle socket").
 5. Manager attribute reads (``namespace_connections``, ``close_transports``, ``stop_manager``):
    ``manager.rooms[ns][None]`` for a cheap per-tenant count, ``sio.eio.sockets`` to close
    transports at shutdown without draining, and the Redis manager's ``thread``/``pubsub``/
@@ -55,7 +63,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
+import time
 import types
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -101,7 +112,11 @@ def websocket_class(
             )
             await self._sock.prepare(request)
             self.environ = environ
-            await self.handler(self)
+            socket: Any = getattr(self.handler, "__self__", None)
+            if isinstance(getattr(socket, "queue", None), LeanQueue) and not socket.connected:
+                await lean_websocket_handler(socket, self)
+            else:
+                await self.handler(self)
             return self._sock
 
         async def wait(self) -> Any:
@@ -152,6 +167,227 @@ async def _poll(self: Any) -> list[Any]:
 
 def fast_poll(socket: Any) -> None:
     socket.poll = types.MethodType(_poll, socket)
+
+
+# -- 6. lean engine sockets ---------------------------------------------------------------------
+
+
+class LeanQueue:
+    """The part of ``asyncio.Queue`` python-engineio and this module use, for one consumer (the
+    socket's writer): nothing is allocated for an idle socket but the object itself. Items live
+    in a deque only while some are waiting; getters and joiners in lists only while waiting."""
+
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._joiners: list[asyncio.Future[None]] | None = None
+        self._unfinished = 0
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def full(self) -> bool:
+        return False
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        self._unfinished += 1
+        self._wake_getter()
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    async def get(self) -> Any:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if self._getters is not None and getter in self._getters:
+                    self._getters.remove(getter)
+                if self._items and not getter.cancelled():
+                    self._wake_getter()  # it was woken, then cancelled: pass the wake-up on
+                raise
+        return self.get_nowait()
+
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._joiners:
+            joiners, self._joiners = self._joiners, None
+            for joiner in joiners:
+                if not joiner.done():
+                    joiner.set_result(None)
+
+    async def join(self) -> None:
+        if self._unfinished:
+            joiner = asyncio.get_running_loop().create_future()
+            if self._joiners is None:
+                self._joiners = []
+            self._joiners.append(joiner)
+            await joiner
+
+    def _wake_getter(self) -> None:
+        getters = self._getters
+        while getters:
+            getter = getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                break
+        if not getters:
+            self._getters = None
+
+
+class PingWheel:
+    """Every socket's next ping, in one-second slots, served by one timer for the whole server
+    (python-engineio starts a task per socket that sleeps a ping interval). A ping goes out up
+    to a second late: well within the client's ping timeout."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._slots: dict[int, list[Any]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, socket: Any) -> None:
+        loop = asyncio.get_running_loop()
+        due = math.ceil(loop.time() + self._interval)
+        slot = self._slots.get(due)
+        if slot is None:
+            self._slots[due] = [socket]
+        else:
+            slot.append(socket)
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for due in [d for d in self._slots if d <= now]:
+            for socket in self._slots.pop(due):
+                _ping(socket)
+        self._timer = loop.call_at(min(self._slots), self._tick) if self._slots else None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._slots.clear()
+
+
+def _schedule_ping(self: Any) -> None:
+    """``AsyncSocket.schedule_ping`` through the server's ``PingWheel`` instead of a task."""
+    if self.last_ping:
+        self.last_ping = None
+        self.server.orgcast_pings.add(self)
+
+
+def _ping(socket: Any) -> None:
+    if not socket.closing and not socket.closed:
+        socket.last_ping = time.time()
+        socket.queue.put_nowait(engine_packet.Packet(engine_packet.PING))
+
+
+def make_lean(socket: Any) -> None:
+    """Swap a new engine socket's queue (keeping what is queued), ping and poll."""
+    old: asyncio.Queue[Any] = socket.queue
+    queue = LeanQueue()
+    while not old.empty():
+        queue.put_nowait(old.get_nowait())
+    socket.queue = queue
+    socket.schedule_ping = types.MethodType(_schedule_ping, socket)
+    socket.poll = types.MethodType(_poll, socket)
+
+
+def stop_pings(sio: socketio.AsyncServer) -> None:
+    wheel = getattr(sio.eio, "orgcast_pings", None)
+    if isinstance(wheel, PingWheel):
+        wheel.stop()
+
+
+def install_lean_sockets(sio: socketio.AsyncServer) -> None:
+    """Make every engine socket of ``sio`` lean as python-engineio creates it."""
+    eio = sio.eio
+    eio.orgcast_pings = PingWheel(eio.ping_interval)
+    on_connect = eio.handlers["connect"]
+
+    async def connect(eio_sid: str, environ: dict[str, Any]) -> Any:
+        socket = eio.sockets.get(eio_sid)
+        if socket is not None:
+            make_lean(socket)
+        return await on_connect(eio_sid, environ)
+
+    eio.handlers["connect"] = connect
+
+
+async def _lean_writer(socket: Any, ws: Any) -> None:
+    while True:
+        try:
+            packets = await socket.poll()
+        except engine_exceptions.QueueEmpty:
+            break
+        if not packets:
+            break
+        try:
+            for pkt in packets:
+                await ws.send(pkt.encode())
+        except Exception:
+            break
+    await ws.close()
+
+
+async def lean_websocket_handler(socket: Any, ws: Any) -> None:
+    """``AsyncSocket._websocket_handler`` for a websocket opened directly, reading in the calling
+    task (python-engineio starts a task and a ``wait_for`` per read). Same outcomes: any read
+    error, close or oversized packet ends the loop, the writer is told to stop, and the socket is
+    closed as a transport close. The read has no timeout of its own: a client that stops
+    answering pings is closed by the engine's ping check, and its writer, woken by no packet
+    for a ping interval plus timeout (``_poll``), closes the websocket, which ends this read."""
+    server = socket.server
+    socket.connected = True
+    socket.upgraded = True
+    writer = asyncio.ensure_future(_lean_writer(socket, ws))
+    response: web.WebSocketResponse = ws._sock
+    limit = server.max_http_buffer_size
+    while True:
+        try:
+            message = await response.receive()
+        except (Exception, asyncio.CancelledError):  # as the engine: a cancelled read ends it too
+            break
+        data = message.data
+        if not isinstance(data, str | bytes) or not data or len(data) > limit:
+            break
+        try:
+            await socket.receive(engine_packet.Packet(encoded_packet=data))
+        except engine_exceptions.UnknownPacketError:
+            pass
+        except engine_exceptions.SocketIsClosedError:
+            break
+        except Exception:
+            server.logger.exception("Unknown receive error")
+    socket.queue.put_nowait(None)  # unblock the writer so it can exit
+    await writer
+    await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
 
 # -- 2. direct fan-out --------------------------------------------------------------------------

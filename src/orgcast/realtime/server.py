@@ -71,6 +71,9 @@ class Realtime:
         )
         # The engine's websocket class (patches.py) with each frame checked first (guards.py).
         self.guard = guards.install(self.sio, settings)
+        patches.install_websocket(self.sio, settings.server.websocket_compression)
+        if direct:
+            patches.install_lean_sockets(self.sio)
         self._hub: Hub | None = None
         Handlers(self.sio, self._require_hub, settings.messages.history_page, metrics).register()
 
@@ -99,6 +102,7 @@ class Realtime:
     async def stop(self) -> None:
         await self.close_sockets()
         await self.sio.shutdown()
+        patches.stop_pings(self.sio)
         await patches.stop_manager(self.sio)
 
     # -- Broadcaster ------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ Batching is adaptive: a message that finds the writer idle is committed at once,
 whatever arrives while a commit is in flight forms the next batch (up to ``batch_max_size``). So
 batches grow with the load by themselves, and a lone message waits for nothing but its own commit.
 ``batch_max_delay_ms`` > 0 additionally lets a busy writer (one that found messages already
-waiting when its previous commit ended) linger that long to fill its batch; never an idle one. The queue is bounded: when the database falls behind, ``send`` fails fast with
-``rate_limited`` instead of buffering without limit.
+waiting when its previous commit ended) linger that long to fill its batch; never an idle one.
+The queue is bounded: when the database falls behind, ``send`` fails fast with ``rate_limited``
+instead of buffering without limit.
 
 ``send`` enqueues without suspending, so messages from one socket keep the order they arrived in.
 """
