@@ -11,6 +11,8 @@ engine's own ``AsyncSocket.poll`` (a task per wake-up) on every socket.
 delivery's per-room state (the cost of DESIGN §11 on one node).
 ``ORGCAST_BENCH_OUTBOX=off`` stores messages with the statement of before webhooks (no outbox
 CTEs, no endpoint generation check): what a node without webhooks would cost.
+``ORGCAST_BENCH_COMMIT=timer`` restores the group commit before it became adaptive: every batch,
+also one that found the writer idle, waits up to ``batch_max_delay_ms`` (set it, e.g. 2) for more.
 ``ORGCAST_BENCH_TRACEMALLOC=DIR`` traces allocations (8 frames) and writes a snapshot to
 ``DIR/snapshot-<n>.pickle`` for each file ``DIR/request-<n>`` (``benchmarks/idle.py --trace``
 compares them).
@@ -83,6 +85,38 @@ def _no_outbox() -> None:
     messages.MessageService.__init__ = without_outbox  # type: ignore[method-assign]
 
 
+def _timer_commit() -> None:
+    import asyncio
+    import contextlib
+
+    from orgcast.errors import Unavailable
+    from orgcast.services.messages import MessageService
+
+    async def run(self: Any) -> None:
+        limit = self._settings.batch_max_size
+        delay = self._settings.batch_max_delay_ms / 1000
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            try:
+                while len(batch) < limit and not queue.empty():
+                    batch.append(queue.get_nowait())
+                if len(batch) < limit and delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            while len(batch) < limit:
+                                batch.append(await queue.get())
+                await self._flush(batch)
+            except asyncio.CancelledError:
+                self._fail(batch, Unavailable("server shutting down"))
+                raise
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    MessageService.run = run  # type: ignore[method-assign]
+
+
 def _tracemalloc(directory: str) -> None:
     import threading
     import time
@@ -106,6 +140,8 @@ def _tracemalloc(directory: str) -> None:
 
 
 def main() -> int:
+    if os.environ.get("ORGCAST_BENCH_COMMIT") == "timer":
+        _timer_commit()
     if os.environ.get("ORGCAST_BENCH_TRACEMALLOC"):
         _tracemalloc(os.environ["ORGCAST_BENCH_TRACEMALLOC"])
     if os.environ.get("ORGCAST_BENCH_CODEC") == "stdlib":

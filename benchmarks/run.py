@@ -14,8 +14,10 @@ A variant with ``ORGCAST_BENCH_WEBHOOK=1`` also gets a fast local webhook receiv
 ``message.created``; its chat results then carry the webhook delivery lag.
 
 Scenarios: memory (RSS per idle socket), storm (connect storm with JWTs), fanout (1 room x 200
-clients, saturation search), chat (500 rooms of 2, everyone sending), recovery (join since,
-replaying 10,000 messages), tenants (connect latency with 10 / 1,000 / 10,000 tenants).
+clients, saturation search), chat (500 rooms of 2, everyone sending), lowfan and lowrooms (low
+load at a fixed rate: 1 room x 200 at 50 msgs/s, 1,000 clients in 100 rooms at 500 msgs/s;
+delivery and ack p50/p99), recovery (join since, replaying 10,000 messages), tenants (connect
+latency with 10 / 1,000 / 10,000 tenants). Idle sockets at scale: ``benchmarks/idle.py``.
 """
 
 from __future__ import annotations
