@@ -59,7 +59,7 @@ def holding(target: run.Target, n: int, cpu: int | None, tmp: Path) -> Iterator[
         path = tmp / f"clients-{start}-{time.monotonic_ns()}.json"
         path.write_text(json.dumps({
             "url": target.url, "namespace": target.namespace, "tokens": chunk,
-            "room": "idle", "rooms": 100, "concurrency": 100,
+            "room": "idle", "rooms": 100, "concurrency": 50,
         }))  # fmt: skip
         procs.append(subprocess.Popen(clients_cmd(path, cpu), stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE))  # fmt: skip
@@ -73,7 +73,9 @@ def holding(target: run.Target, n: int, cpu: int | None, tmp: Path) -> Iterator[
             except ValueError:
                 raise RuntimeError(f"clients: {line.strip() or 'no output'}") from None
         wall = time.monotonic() - t0
-        info.update(connect_wall_s=round(wall, 2), connects_per_s=round(n / wall, 1),
+        held = sum(o["holding"] for o in outs)
+        info.update(held=held, failed=sum(sum(o.get("failed", {}).values()) for o in outs))
+        info.update(connect_wall_s=round(wall, 2), connects_per_s=round(held / wall, 1),
                     gen_connect_cpu_s=round(sum(o["cpu_s"] for o in outs), 2))  # fmt: skip
         yield info
     finally:
@@ -173,7 +175,10 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
             out["server_connect_cpu_s"] = round(connect_cpu, 2)
             time.sleep(2.0)
             out["rss_connected_kb"] = run.rss_kb(target.pid)
-            out["kib_per_socket"] = round((out["rss_connected_kb"] - out["rss_before_kb"]) / n, 2)
+            held = max(1, info["held"])  # per socket actually connected
+            out["kib_per_socket"] = round(
+                (out["rss_connected_kb"] - out["rss_before_kb"]) / held, 2
+            )
             if trace:
                 second = snapshot(target, tmp, 2)
                 assert first is not None

@@ -135,7 +135,8 @@ class Client(asyncio.Protocol):
                 self.fail("join refused: " + payload.decode(errors="replace"))
                 return
             self.state = 3
-            self.ready.set_result(None)
+            if not self.ready.done():
+                self.ready.set_result(None)
 
 
 async def connect(host: str, port: int, path: str, token: str, ns: str, room: str | None) -> Client:
@@ -165,15 +166,22 @@ async def main(config: dict[str, Any]) -> None:
     room = config.get("room")
     gate = asyncio.Semaphore(config.get("concurrency", 100))
 
-    async def one(i: int) -> Client:
+    failed: dict[str, int] = {}
+
+    async def one(i: int) -> Client | None:
         async with gate:
             name = None if room is None else f"{room}{i % rooms}"
-            return await asyncio.wait_for(connect(host, port, path, tokens[i], ns, name), 60)
+            try:
+                return await asyncio.wait_for(connect(host, port, path, tokens[i], ns, name), 300)
+            except (OSError, TimeoutError) as exc:
+                key = type(exc).__name__
+                failed[key] = failed.get(key, 0) + 1
+                return None
 
     cpu0, t0 = cpu_s(), time.monotonic()
-    clients = await asyncio.gather(*[one(i) for i in range(n)])
+    clients = [c for c in await asyncio.gather(*[one(i) for i in range(n)]) if c is not None]
     connect_s = time.monotonic() - t0
-    print(json.dumps({"holding": len(clients), "connect_s": round(connect_s, 3),
+    print(json.dumps({"holding": len(clients), "failed": failed, "connect_s": round(connect_s, 3),
                       "connects_per_s": round(n / connect_s, 1),
                       "cpu_s": round(cpu_s() - cpu0, 3)}), flush=True)  # fmt: skip
     cpu1 = cpu_s()

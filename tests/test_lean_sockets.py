@@ -146,3 +146,63 @@ async def test_a_socket_that_never_answers_a_ping_is_closed_by_the_server(
 
         # ping interval 1 s + timeout 2 s, then the writer's wait (interval + timeout) ends.
         await eventually(closed, within=3 * (1 + 2) + WITHIN)
+
+
+class RecordingWebSocket:
+    """Stands in for the engine's websocket wrapper: records what is written and the close."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed = False
+        self.gate: asyncio.Future[None] | None = None
+
+    async def send(self, data: str) -> None:
+        if self.gate is not None:
+            await self.gate
+        self.sent.append(data)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Packet:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def encode(self) -> str:
+        return self.text
+
+
+class Socket:
+    closed = False
+
+
+async def test_attached_lean_queue_writes_in_order_from_one_writer_that_ends_when_idle() -> None:
+    queue, ws = LeanQueue(), RecordingWebSocket()
+    queue.put_nowait(Packet("open"))
+    ws.gate = asyncio.get_running_loop().create_future()
+    queue.attach(Socket(), ws)  # what was queued before is written first
+    for n in range(5):
+        queue.put_nowait(Packet(str(n)))
+    assert queue.qsize() == 6  # the backlog stays visible while the writer is held up
+    ws.gate.set_result(None)
+    await asyncio.wait_for(queue.join(), WITHIN)
+    assert ws.sent == ["open", "0", "1", "2", "3", "4"]
+    await one_loop_turn()
+    assert queue._writer is None  # no task for an idle socket
+    queue.put_nowait(Packet("later"))
+    await asyncio.wait_for(queue.join(), WITHIN)
+    assert ws.sent[-1] == "later" and not ws.closed
+
+
+async def test_closing_marker_closes_the_websocket_and_later_packets_are_dropped() -> None:
+    queue, ws = LeanQueue(), RecordingWebSocket()
+    queue.attach(Socket(), ws)
+    queue.put_nowait(Packet("last"))
+    queue.put_nowait(None)
+    queue.put_nowait(Packet("never"))
+    await asyncio.wait_for(queue.join(), WITHIN)
+    assert ws.sent == ["last"] and ws.closed
+    queue.put_nowait(Packet("after close"))
+    await asyncio.wait_for(queue.join(), WITHIN)  # nothing waits on a closed websocket
+    assert ws.sent == ["last"]

@@ -177,15 +177,32 @@ def fast_poll(socket: Any) -> None:
 class LeanQueue:
     """The part of ``asyncio.Queue`` python-engineio and this module use, for one consumer (the
     socket's writer): nothing is allocated for an idle socket but the object itself. Items live
-    in a deque only while some are waiting; getters and joiners in lists only while waiting."""
+    in a deque only while some are waiting; getters and joiners in lists only while waiting.
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+    Once ``lean_websocket_handler`` attaches the websocket (``attach``), there is no waiting
+    consumer at all: a put starts a writer task (``_drain``) unless one is running, and the
+    writer ends when the queue is empty; so an idle websocket has no writer task."""
+
+    __slots__ = ("_getters", "_items", "_joiners", "_socket", "_unfinished", "_writer", "_ws")
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
+        self._socket: Any = None
+        self._ws: Any = None
+        self._writer: asyncio.Future[None] | None = None
+
+    def attach(self, socket: Any, ws: Any) -> None:
+        """Write what is queued, and every later put, to ``ws`` from an on-demand task."""
+        self._socket, self._ws = socket, ws
+        if self._items:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self._ws is not None:
+            self._writer = asyncio.ensure_future(_drain(self))
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
@@ -197,11 +214,16 @@ class LeanQueue:
         return False
 
     def put_nowait(self, item: Any) -> None:
+        if self._socket is not None and self._ws is None:
+            return  # its websocket is closed: nothing will write it (and ``join`` must not wait)
         if self._items is None:
             self._items = deque()
         self._items.append(item)
         self._unfinished += 1
-        self._wake_getter()
+        if self._ws is not None:
+            self._start_writer()
+        else:
+            self._wake_getter()
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
@@ -347,6 +369,10 @@ async def _service_task(self: Any) -> None:
                     self.sockets.pop(sid, None)
                 elif not socket.closing and socket.last_ping and now - socket.last_ping > timeout:
                     await socket.check_ping_timeout()
+                    if socket.closed and isinstance(socket.queue, LeanQueue):
+                        # The engine's CLOSE packet is not sent after a ping timeout (its send
+                        # checks the ping first): the closing marker ends the websocket.
+                        socket.queue.put_nowait(None)
         except Exception:
             self.logger.exception("service task exception")
         try:
@@ -374,33 +400,52 @@ def install_lean_sockets(sio: socketio.AsyncServer) -> None:
     eio.handlers["connect"] = connect
 
 
-async def _lean_writer(socket: Any, ws: Any) -> None:
-    while True:
+async def _drain(queue: LeanQueue) -> None:
+    """Write a lean websocket's queued packets in order, then end; ``None`` (the engine's
+    "closing" marker), a failed write, or a socket that is closed once the queue is empty
+    closes the websocket, as python-engineio's writer does when its poll ends. Packets stay in
+    the queue until their turn, so its size is the socket's backlog (``VOLATILE_BACKLOG``)."""
+    socket, ws = queue._socket, queue._ws
+    try:
+        if await _write_queued(queue, ws) and not socket.closed:
+            return
+        queue._ws = None  # nothing more is written to this websocket
+        while queue._items:  # what is still queued is never sent
+            queue.get_nowait()
+            queue.task_done()
+        await ws.close()
+    finally:
+        queue._writer = None
+
+
+async def _write_queued(queue: LeanQueue, ws: Any) -> bool:
+    """Write until the queue is empty (True) or the closing marker or a failed write (False)."""
+    while queue._items:
+        pkt = queue.get_nowait()
         try:
-            packets = await socket.poll()
-        except engine_exceptions.QueueEmpty:
-            break
-        if not packets:
-            break
-        try:
-            for pkt in packets:
-                await ws.send(pkt.encode())
+            if pkt is None:
+                return False
+            await ws.send(pkt.encode())
         except Exception:
-            break
-    await ws.close()
+            return False
+        finally:
+            queue.task_done()
+    return True
 
 
 async def lean_websocket_handler(socket: Any, ws: Any) -> None:
     """``AsyncSocket._websocket_handler`` for a websocket opened directly, reading in the calling
     task (python-engineio starts a task and a ``wait_for`` per read). Same outcomes: any read
     error, close or oversized packet ends the loop, the writer is told to stop, and the socket is
-    closed as a transport close. The read has no timeout of its own: a client that stops
-    answering pings is closed by the engine's ping check, and its writer, woken by no packet
-    for a ping interval plus timeout (``_poll``), closes the websocket, which ends this read."""
+    closed as a transport close. Packets are written by an on-demand task (``LeanQueue``). The
+    read has no timeout of its own: a client that stops answering pings is closed by the
+    engine's ping check (``_service_task``), whose CLOSE packet makes the writer close the
+    websocket, which ends this read."""
     server = socket.server
     socket.connected = True
     socket.upgraded = True
-    writer = asyncio.ensure_future(_lean_writer(socket, ws))
+    queue: LeanQueue = socket.queue
+    queue.attach(socket, ws)
     response: web.WebSocketResponse = ws._sock
     limit = server.max_http_buffer_size
     while True:
@@ -419,8 +464,9 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
             break
         except Exception:
             server.logger.exception("Unknown receive error")
-    socket.queue.put_nowait(None)  # unblock the writer so it can exit
-    await writer
+    queue.put_nowait(None)  # the writer closes the websocket after what is queued
+    while queue._writer is not None:
+        await asyncio.shield(queue._writer)
     await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
 
