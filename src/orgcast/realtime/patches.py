@@ -53,10 +53,11 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    ``schedule_ping`` files the socket in the server's ``PingWheel`` (one timer for all sockets)
    instead of starting a task that sleeps a ping interval, and a websocket opened directly (not
    upgraded from polling) is served by ``lean_websocket_handler``, which reads in the request's
-   own task instead of a task plus ``wait_for`` per read. The engine's service task (ping
-   timeouts) sweeps all sockets once a second instead of a ``wait_for`` per socket. Memory per
-   idle joined websocket at
-   5,000 sockets: 31.4 -> 23.8 KiB (benchmarks/RESULTS.md, "Memory per idle joined websocket").
+   own task instead of a task plus ``wait_for`` per read; its packets are written by a task
+   started on demand (``LeanQueue.attach``), so an idle websocket has no writer task. The
+   engine's service task (ping timeouts) sweeps all sockets once a second instead of a
+   ``wait_for`` per socket. Memory per idle joined websocket at 5,000 sockets: 31.4 -> 21.9 KiB
+   (benchmarks/RESULTS.md, "Memory per idle joined websocket").
 """
 
 from __future__ import annotations
