@@ -236,3 +236,36 @@ def test_patch_7_reads_the_server_and_socket_state_it_relies_on() -> None:
     assert instance.eio.handlers["message"] == instance._handle_eio_message
     socket = engine_socket.AsyncSocket(instance.eio, "x")
     assert {"closed", "closing", "queue"} <= set(vars(socket))
+
+
+# -- 7. lean engine sockets -----------------------------------------------------------------------
+
+
+def test_patch_7_reimplements_unchanged_engineio_socket_handler_ping_and_service_task() -> None:
+    pinned = {
+        engine_socket.AsyncSocket._websocket_handler: "27f120df4d717a24",
+        engine_socket.AsyncSocket.schedule_ping: "fe316639159cd70d",
+        engine_socket.AsyncSocket._send_ping: "67db82a704ea49d0",
+        engine_socket.AsyncSocket.check_ping_timeout: "77616d5ca7809257",
+        engine_socket.AsyncSocket.send: "0437276ccba7ab09",
+        engineio.async_server.AsyncServer._service_task: "b6358bda51d0b34b",
+        # The socket exists, with its queue, when the connect event runs; pings start after.
+        engineio.async_server.AsyncServer._handle_connect: "5bd7edc1d1ae115a",
+    }
+    for method, digest in pinned.items():
+        assert source_hash(method) == digest, f"patch 7: {method.__qualname__} changed"
+
+
+async def test_patch_7_makes_a_new_engine_socket_lean_keeping_what_is_queued() -> None:
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    patches.install_lean_sockets(sio)
+    socket = engine_socket.AsyncSocket(sio.eio, "sid-1")
+    sio.eio.sockets["sid-1"] = socket
+    await socket.queue.put(engine_packet.Packet(engine_packet.OPEN, {"sid": "sid-1"}))
+    await sio.eio.handlers["connect"]("sid-1", {})
+    assert isinstance(socket.queue, patches.LeanQueue)
+    assert socket.queue.qsize() == 1
+    assert [p.packet_type for p in await socket.poll()] == [engine_packet.OPEN]
+    socket.schedule_ping()  # filed in the server's wheel: no task
+    assert sio.eio.orgcast_pings._timer is not None
+    patches.stop_pings(sio)
