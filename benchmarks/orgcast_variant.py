@@ -12,7 +12,7 @@ delivery's per-room state (the cost of DESIGN §11 on one node).
 ``ORGCAST_BENCH_OUTBOX=off`` stores messages with the statement of before webhooks (no outbox
 CTEs, no endpoint generation check): what a node without webhooks would cost.
 ``ORGCAST_BENCH_SOCKETS=library`` leaves python-engineio's own per-socket queue, ping task,
-reader task and writer task (no lean sockets, patches.py 7).
+reader task and writer task (no lean sockets, patches.py 8).
 ``ORGCAST_BENCH_COMMIT=timer`` restores the group commit before it became adaptive: every batch,
 also one that found the writer idle, waits up to ``batch_max_delay_ms`` (set it, e.g. 2) for more.
 ``ORGCAST_BENCH_TRACEMALLOC=DIR`` traces allocations (8 frames) and writes a snapshot to

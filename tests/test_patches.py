@@ -238,10 +238,10 @@ def test_patch_7_reads_the_server_and_socket_state_it_relies_on() -> None:
     assert {"closed", "closing", "queue"} <= set(vars(socket))
 
 
-# -- 7. lean engine sockets -----------------------------------------------------------------------
+# -- 8. lean engine sockets -----------------------------------------------------------------------
 
 
-def test_patch_7_reimplements_unchanged_engineio_socket_handler_ping_and_service_task() -> None:
+def test_patch_8_reimplements_unchanged_engineio_socket_handler_ping_and_service_task() -> None:
     pinned = {
         engine_socket.AsyncSocket._websocket_handler: "27f120df4d717a24",
         engine_socket.AsyncSocket.schedule_ping: "fe316639159cd70d",
@@ -253,10 +253,10 @@ def test_patch_7_reimplements_unchanged_engineio_socket_handler_ping_and_service
         engineio.async_server.AsyncServer._handle_connect: "5bd7edc1d1ae115a",
     }
     for method, digest in pinned.items():
-        assert source_hash(method) == digest, f"patch 7: {method.__qualname__} changed"
+        assert source_hash(method) == digest, f"patch 8: {method.__qualname__} changed"
 
 
-async def test_patch_7_makes_a_new_engine_socket_lean_keeping_what_is_queued() -> None:
+async def test_patch_8_makes_a_new_engine_socket_lean_keeping_what_is_queued() -> None:
     sio = socketio.AsyncServer(async_mode="aiohttp")
     patches.install_lean_sockets(sio)
     socket = engine_socket.AsyncSocket(sio.eio, "sid-1")

@@ -47,7 +47,7 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    refused, the CLOSE-before-CONNECT ghost removed, namespace-less sockets timed out and
    capped), and ``PlainWebSocket.wait`` above checking each frame before the engine decodes
    it. Correctness and safety, not speed: each costs one constant check per packet.
-7. Lean engine sockets (``install_lean_sockets``, with direct fan-out): when python-engineio
+8. Lean engine sockets (``install_lean_sockets``, with direct fan-out): when python-engineio
    creates a socket (its ``connect`` event, before the first ping is scheduled), the socket's
    ``asyncio.Queue`` is swapped for a ``LeanQueue`` (no deque, getter or join event until used),
    ``schedule_ping`` files the socket in the server's ``PingWheel`` (one timer for all sockets)
@@ -447,14 +447,13 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
     socket.upgraded = True
     queue: LeanQueue = socket.queue
     queue.attach(socket, ws)
-    response: web.WebSocketResponse = ws._sock
     limit = server.max_http_buffer_size
     while True:
         try:
-            message = await response.receive()
+            # ``ws.wait`` as the engine reads: a close raises, and the frame guard sees each frame.
+            data = await ws.wait()
         except (Exception, asyncio.CancelledError):  # as the engine: a cancelled read ends it too
             break
-        data = message.data
         if not isinstance(data, str | bytes) or not data or len(data) > limit:
             break
         try:

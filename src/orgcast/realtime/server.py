@@ -71,7 +71,6 @@ class Realtime:
         )
         # The engine's websocket class (patches.py) with each frame checked first (guards.py).
         self.guard = guards.install(self.sio, settings)
-        patches.install_websocket(self.sio, settings.server.websocket_compression)
         if direct:
             patches.install_lean_sockets(self.sio)
         self._hub: Hub | None = None
