@@ -128,6 +128,7 @@ async def test_create_returns_201_with_tenant_signing_key_and_api_key_shown_once
         "messages_per_second": 50,
         "history_retention_days": 30,
         "connection_rate": 10,
+        "api_requests_per_second": 100,
     }
     status, page = await server.request("GET", TENANTS, params={"limit": 200})
     assert created["signing_key"]["secret"] not in json.dumps(page)

@@ -171,6 +171,7 @@ def test_create_stores_limits_ephemeral_events_and_origins(cli: Cli) -> None:
         "messages_per_second": 2.5,
         "history_retention_days": 7,
         "connection_rate": 10,
+        "api_requests_per_second": 100,
     }
     assert body["ephemeral_events"] == ["cursor", "typing"]
     assert body["allowed_origins"] == ["https://app.example", "http://localhost:3000"]

@@ -103,6 +103,13 @@ class LimitsSettings(Section):
     messages_per_second: float = Field(50, gt=0)
     connection_rate: float = Field(10, gt=0)
     history_retention_days: int = Field(30, ge=1)
+    api_requests_per_second: float = Field(100, gt=0)
+
+
+class AuthSettings(Section):
+    """Client tokens on live sockets."""
+
+    refresh_window_seconds: float = Field(60.0, ge=0, le=86_400)
 
 
 class MessagesSettings(Section):
@@ -188,6 +195,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     messages: MessagesSettings = Field(default_factory=MessagesSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -120,6 +120,7 @@ class EffectiveLimits(Body):
     messages_per_second: float
     history_retention_days: int
     connection_rate: float
+    api_requests_per_second: float
 
 
 class SigningKey(Body):

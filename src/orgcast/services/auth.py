@@ -17,13 +17,17 @@ MAX_SUB = 128
 MAX_TTL = 30 * 24 * 3600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a socket is: the user id and display name, and the rooms the token lets it join."""
+    """Who a socket is: the user id and display name, the rooms the token lets it join, and
+    what the token's life depends on: the signing key (``kid``, so that revoking the key finds
+    the sockets it admitted) and ``exp`` (unix seconds; 0 when unknown)."""
 
     user_id: str
     name: str
     rooms: tuple[str, ...] | None = None
+    kid: str = ""
+    exp: int = 0
 
     def may_join(self, room: str) -> bool:
         if self.rooms is None:
@@ -35,7 +39,10 @@ class Principal:
 
 
 def verify_token(token: Any, keys: TenantKeys, *, leeway: float = 5.0) -> Principal:
-    """Check a client token against the tenant's active keys; raises ``Unauthorized``."""
+    """Check a client token against the tenant's active keys; raises ``Unauthorized``.
+
+    ``leeway`` tolerates clock skew between the tenant's backend and this node at connect time;
+    a refresh gets none (see ``verify_refresh``)."""
     if token is None or token == "":
         raise Unauthorized("a token is required: connect with auth { token }")
     if not isinstance(token, str) or len(token) > 8192:
@@ -46,7 +53,7 @@ def verify_token(token: Any, keys: TenantKeys, *, leeway: float = 5.0) -> Princi
         raise AuthInvalid("the token is not a valid JWT") from None
     kid = header.get("kid")
     secret = keys.secrets.get(kid) if isinstance(kid, str) else None
-    if secret is None:
+    if secret is None or not isinstance(kid, str):
         raise AuthInvalid("unknown or revoked signing key (kid)")
     try:
         claims = jwt.decode(
@@ -60,10 +67,25 @@ def verify_token(token: Any, keys: TenantKeys, *, leeway: float = 5.0) -> Princi
         raise AuthExpired("the token has expired") from None
     except jwt.PyJWTError as exc:
         raise AuthInvalid(f"the token was refused: {exc}") from None
-    return _principal(claims, keys.tenant.slug)
+    return _principal(claims, keys.tenant.slug, kid)
 
 
-def _principal(claims: dict[str, Any], slug: str) -> Principal:
+def verify_refresh(token: Any, keys: TenantKeys, current: Principal) -> Principal:
+    """A new token for a live socket: valid now (no leeway: a token within its last seconds would
+    be closed at once), signed by any active key of the same tenant, for the same ``sub``.
+    Its ``name``, ``rooms`` and ``aud`` claims are read afresh; raises ``AuthInvalid`` or
+    ``AuthExpired``."""
+    if token is None or token == "":
+        raise AuthInvalid("refresh needs { token }")
+    principal = verify_token(token, keys, leeway=0)
+    if principal.exp <= time.time():
+        raise AuthExpired("the token has expired")
+    if not hmac.compare_digest(principal.user_id.encode(), current.user_id.encode()):
+        raise AuthInvalid("the token is for another user (sub)")
+    return principal
+
+
+def _principal(claims: dict[str, Any], slug: str, kid: str) -> Principal:
     sub, name, rooms = claims.get("sub"), claims.get("name"), claims.get("rooms")
     if "aud" in claims:
         aud = claims["aud"]
@@ -78,8 +100,13 @@ def _principal(claims: dict[str, Any], slug: str) -> Principal:
         not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms)
     ):
         raise AuthInvalid("rooms must be a list of glob patterns")
+    exp = claims.get("exp")
     return Principal(
-        sub, name if name is not None else sub, tuple(rooms) if rooms is not None else None
+        sub,
+        name if name is not None else sub,
+        tuple(rooms) if rooms is not None else None,
+        kid=kid,
+        exp=int(exp) if isinstance(exp, int | float) else 0,
     )
 
 

@@ -1,18 +1,24 @@
 """Rate limiting: token buckets per connection, per user of a tenant (cluster-wide with Redis)
-and per connecting user or address."""
+and per connecting user or address; and per tenant, ``api_requests_per_second`` for its REST
+calls (cluster-wide with Redis)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..errors import ConnectionRate, RateLimited
+from .cluster import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -148,3 +154,68 @@ class ConnectRates:
                         del self._buckets[old]
             bucket = self._buckets[key] = TokenBucket()
         bucket.take(rate, what=f"connects per second from this {scope}", error=ConnectionRate)
+
+
+# GCRA (the token bucket above, as one timestamp): the key holds the "theoretical arrival time" in
+# ms; a call is allowed while it lies at most ``tolerance`` ahead of now. Redis's own clock, so
+# nodes with skewed clocks still share one bucket. Answers 0, or how many ms to wait.
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now > tolerance then return math.ceil(tat - now - tolerance) end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tat + interval - now) + 1000)
+return 0
+"""
+
+
+class ApiRateLimiter:
+    """``limits.api_requests_per_second`` for a tenant's REST calls: the same bucket as
+    ``TokenBucket`` (bursts up to one second's worth, then the steady rate), kept in Redis when
+    there is one, so that every node counts against one budget. When Redis does not answer, each
+    node falls back to a bucket of its own (the limit then holds per node) rather than failing
+    the request."""
+
+    def __init__(self, redis: Redis | None = None, prefix: str = "orgcast") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._script = redis.register_script(_GCRA) if redis is not None else None
+        self._local: dict[str, TokenBucket] = {}
+        self._warned_at = 0.0
+
+    async def take(self, slug: str, rate: float) -> None:
+        """Count one call of ``slug``'s; raises ``RateLimited`` (with the wait) beyond ``rate``."""
+        if self._script is not None:
+            interval = 1000.0 / rate
+            tolerance = (max(1.0, rate) - 1.0) * interval
+            try:
+                wait_ms = int(
+                    await self._script(
+                        keys=[f"{self._prefix}:api:{slug}"], args=[interval, tolerance]
+                    )
+                )
+            except REDIS_ERRORS:
+                self._degraded()
+            else:
+                if wait_ms > 0:
+                    raise _api_limited(rate, wait_ms)
+                return
+        bucket = self._local.setdefault(slug, TokenBucket())
+        try:
+            bucket.take(rate)
+        except RateLimited as exc:
+            raise _api_limited(rate, exc.retry_after_ms or 1000) from None
+
+    def _degraded(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            log.warning("Redis unreachable: API rate limits are counted per node")
+
+
+def _api_limited(rate: float, wait_ms: int) -> RateLimited:
+    return RateLimited(
+        f"more than {rate:g} API requests per second for this tenant", retry_after_ms=wait_ms
+    )

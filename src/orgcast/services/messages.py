@@ -153,6 +153,21 @@ class MessageService:
         """Messages waiting for the writer."""
         return self._queue.qsize()
 
+    async def send_many(self, messages: list[NewMessage]) -> list[StoredRow]:
+        """Store ``messages`` together, in one transaction, outside the group-commit queue (a
+        batch from a tenant backend is already a batch); rows in input order. All are stored
+        or none: ``Unavailable`` when the database fails."""
+        if not messages:
+            return []
+        try:
+            try:
+                return await self._write(messages)
+            except store.IntegrityError:
+                # A client_id stored meanwhile by another writer: a second pass finds it.
+                return await self._write(messages)
+        except DB_ERRORS:
+            raise Unavailable("the message store is unavailable; retry") from None
+
     async def run(self) -> None:
         """The writer loop: take a batch, store it, answer its senders; until cancelled."""
         limit = self._settings.batch_max_size

@@ -46,6 +46,7 @@ class TenantLimits(BaseModel):
     messages_per_second: float | None = Field(None, gt=0, le=100_000)
     connection_rate: float | None = Field(None, gt=0, le=100_000)
     history_retention_days: int | None = Field(None, ge=1, le=36_500)
+    api_requests_per_second: float | None = Field(None, gt=0, le=1_000_000)
 
 
 Origin = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^https?://\S+$")]
@@ -150,6 +151,7 @@ class Limits:
     messages_per_second: float
     history_retention_days: int
     connection_rate: float
+    api_requests_per_second: float
 
     @classmethod
     def resolve(cls, defaults: LimitsSettings, overrides: dict[str, Any]) -> Limits:
