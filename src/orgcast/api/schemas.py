@@ -274,3 +274,61 @@ class DeliveryPage(Body):
 class DeliveriesQuery(Body):
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=64, description="next_cursor of the previous page.")
+
+# -- access and server control ---------------------------------------------------------------
+
+
+class DisconnectRequest(Body):
+    reason: str | None = Field(
+        None, max_length=200, description="Sent to the user's sockets as the closing message."
+    )
+
+
+class Disconnected(Body):
+    disconnected: int = Field(description="Sockets closed, on every node that answered.")
+
+
+class RoomPresence(Body):
+    room: str
+    members: list[Member] = Field(description="Each user once, cluster-wide; as `presence`.")
+
+
+MAX_BATCH = 100
+
+
+class BatchItem(Body):
+    """One message of a batch; validated on its own, so a bad item fails alone."""
+
+    room: str = Field(pattern=ROOM_PATTERN)
+    body: Any = Field(description="Any JSON value, up to the tenant's max_message_bytes encoded.")
+    sender: Sender | None = Field(None, description='Absent: {"id": "system", "name": "system"}.')
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+
+
+class BatchPublishRequest(Body):
+    """The documented shape. The view checks the list itself and each item on its own, so that a
+    bad item gets its own error instead of failing the request."""
+
+    messages: list[BatchItem] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"1-{MAX_BATCH} messages, stored in one transaction; more is refused (413).",
+    )
+
+
+class BatchItemError(Body):
+    code: str
+    message: str
+
+
+class BatchResult(Body):
+    ok: bool
+    id: str | None = None
+    room: str | None = None
+    seq: int | None = None
+    ts: int | None = None
+    error: BatchItemError | None = None
+
+
+class BatchPublished(Body):
+    results: list[BatchResult] = Field(description="One per item, in input order.")

@@ -1,28 +1,29 @@
 """Access for the life of a connection, not only at connect: token expiry and refresh, key
 revocation, tenant suspension and deletion, and kicking a user, each ending in ``closing``.
 
-The transport admits a socket and tells this service (``admitted``/``gone``); from then on this
+The hub tells this service when a socket is admitted and when it is gone; from then on this
 service decides when the socket must go and why, and asks the transport, through the small
-``LiveSockets`` protocol, to say ``closing {code, message}`` and disconnect it. Every
-server-initiated disconnect has a ``Closing`` reason, one of the codes of the contract.
+``Closer`` protocol, to say ``closing {code, message}`` and disconnect it. Every server-initiated
+disconnect has a ``Closing`` reason, one of the codes of the contract.
 
 - Expiry: one ``ExpiryScheduler`` per node (a heap and a task), keyed by ``(slug, sid)``.
-- Revocation, suspension, deletion: state, not messages. On any change of a tenant (announced
-  locally, over Redis, or found by the tenant watcher in the database) each node re-reads the
-  tenant and closes its sockets that the tenant no longer admits: all of them when it is gone or
-  suspended, and those whose token's ``kid`` is no longer an active key. A node that missed the
-  announcement therefore still converges at the watcher's next pass.
+- Revocation: state, not a message. On any change of a tenant (announced locally, over Redis,
+  or found by the tenant watcher in the database) each node re-reads the tenant and closes its
+  sockets whose token's ``kid`` is no longer an active key. A node that missed the announcement
+  therefore still converges at the watcher's next pass (revoking a key touches the tenant's
+  ``updated_at`` for that reason).
 - Kick: a command on the control bus; every node closes that user's sockets and answers how many.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import OrgcastError
+from . import DB_ERRORS
 from .auth import Principal, verify_refresh
 from .control import ControlBus
 from .expiry import ExpiryScheduler
@@ -52,43 +53,49 @@ KICKED = Closing("kicked", "disconnected by the tenant")
 SHUTDOWN = Closing("shutdown", "the server is shutting down; reconnect")
 
 
-class LiveSockets(Protocol):
-    """This node's admitted sockets, as the transport exposes them to this service."""
+class Socket(Protocol):
+    """What this service needs of an admitted socket (the hub's ``Connection``)."""
 
-    def live_slugs(self) -> set[str]:
-        """Tenants with sockets on this node."""
-        ...
+    @property
+    def slug(self) -> str: ...
+    @property
+    def sid(self) -> str: ...
+    @property
+    def principal(self) -> Principal: ...
 
-    def sockets(self, slug: str) -> Iterable[tuple[str, Principal]]:
-        """(sid, principal) of every admitted socket of ``slug`` on this node."""
-        ...
 
-    async def warn_expiring(self, slug: str, sid: str, exp: int) -> None:
-        """Emit ``token_expiring {exp}`` to the socket."""
+class Closer(Protocol):
+    """How this service reaches a socket; the transport implements it."""
+
+    async def emit_to(self, slug: str, sid: str, event: str, data: dict[str, Any]) -> None:
+        """Send one event to one socket."""
         ...
 
     async def close(self, slug: str, sid: str, reason: Closing) -> None:
-        """Emit ``closing`` to the socket, then disconnect it."""
+        """Send ``closing {code, message}`` to the socket, then disconnect it."""
         ...
 
 
 class AccessControl:
-    """Decides when a live socket must be closed; one per node."""
+    """Decides when a live socket must be closed; one per node. It keeps its own index of this
+    node's admitted sockets by tenant (a dict entry per socket), so that a kick or a revocation
+    finds them without asking the transport."""
 
     def __init__(
         self, control: ControlBus, directory: TenantDirectory, refresh_window: float
     ) -> None:
         self._control = control
         self._directory = directory
-        self._sockets: LiveSockets | None = None
+        self._out: Closer | None = None
+        self._live: dict[str, dict[str, Socket]] = {}
         self.expiry: ExpiryScheduler[Key] = ExpiryScheduler(
             refresh_window, self._expiring, self._expired
         )
         control.subscribe(self.tenant_changed)
         control.on_command("kick", self._kick_here)
 
-    def bind(self, sockets: LiveSockets) -> None:
-        self._sockets = sockets
+    def bind(self, closer: Closer) -> None:
+        self._out = closer
 
     async def run(self) -> None:
         """The expiry task; until cancelled."""
@@ -96,76 +103,74 @@ class AccessControl:
 
     # -- a socket's life --------------------------------------------------------------------------
 
-    def admitted(self, slug: str, sid: str, principal: Principal) -> None:
-        if principal.exp:
-            self.expiry.schedule((slug, sid), principal.exp)
+    async def on_admitted(self, conn: Socket) -> None:
+        self._live.setdefault(conn.slug, {})[conn.sid] = conn
+        if conn.principal.exp:
+            self.expiry.schedule((conn.slug, conn.sid), conn.principal.exp)
 
-    def gone(self, slug: str, sid: str) -> None:
-        self.expiry.cancel((slug, sid))
+    async def on_disconnected(self, conn: Socket) -> None:
+        sockets = self._live.get(conn.slug)
+        if sockets is not None:
+            sockets.pop(conn.sid, None)
+            if not sockets:
+                del self._live[conn.slug]
+        self.expiry.cancel((conn.slug, conn.sid))
 
-    def refresh(
-        self, slug: str, sid: str, current: Principal, token: Any, keys: TenantKeys
-    ) -> Principal:
-        """The socket's principal under a new token (same user, any active key of the tenant);
-        raises ``Unauthorized`` (``auth_invalid``/``auth_expired``) and then changes nothing."""
-        principal = verify_refresh(token, keys, current)
-        self.expiry.schedule((slug, sid), principal.exp)
-        return principal
+    def verify_refresh(self, conn: Socket, token: Any, keys: TenantKeys) -> Principal:
+        """The principal a ``refresh`` would give the socket (same user, any active key of its
+        tenant); raises ``Unauthorized`` (``auth_invalid``/``auth_expired``), changing nothing."""
+        return verify_refresh(token, keys, conn.principal)
+
+    def refreshed(self, conn: Socket) -> None:
+        """The socket now holds a new token: its expiry moves to the new ``exp``."""
+        if conn.sid in self._live.get(conn.slug, {}):
+            self.expiry.schedule((conn.slug, conn.sid), conn.principal.exp)
 
     async def _expiring(self, key: Key, exp: int) -> None:
-        if self._sockets is not None:
-            await self._sockets.warn_expiring(key[0], key[1], exp)
+        if self._out is not None:
+            await self._out.emit_to(key[0], key[1], "token_expiring", {"exp": exp})
 
     async def _expired(self, key: Key) -> None:
-        if self._sockets is not None:
-            await self._sockets.close(key[0], key[1], AUTH_EXPIRED)
+        if self._out is not None:
+            await self._out.close(key[0], key[1], AUTH_EXPIRED)
 
     # -- server control ---------------------------------------------------------------------------
 
-    async def kick(self, slug: str, user_id: str) -> int:
+    async def kick(self, slug: str, user_id: str, reason: str | None = None) -> int:
         """Close every socket of ``user_id`` in ``slug`` on every node; how many were closed."""
-        return await self._control.command("kick", {"slug": slug, "sub": user_id})
+        return await self._control.command("kick", {"slug": slug, "sub": user_id, "reason": reason})
 
     async def _kick_here(self, args: dict[str, Any]) -> int:
-        slug, user_id = args.get("slug"), args.get("sub")
+        slug, user_id, reason = args.get("slug"), args.get("sub"), args.get("reason")
         if not isinstance(slug, str) or not isinstance(user_id, str):
             return 0
-        return await self._close_where(slug, lambda p: p.user_id == user_id, KICKED)
+        closing = Closing(KICKED.code, reason) if isinstance(reason, str) and reason else KICKED
+        return await self._close_where(slug, lambda p: p.user_id == user_id, closing)
 
     async def tenant_changed(self, slug: str) -> None:
-        """Close the sockets a changed tenant no longer admits ("*": check every live tenant)."""
-        if self._sockets is None:
-            return
-        slugs = self._sockets.live_slugs() if slug == "*" else {slug}
-        for name in slugs:
-            if not any(True for _ in self._sockets.sockets(name)):
+        """Close the sockets whose signing key the tenant no longer has ("*": every tenant with
+        sockets here). A suspended or deleted tenant is the hub's to close."""
+        for name in list(self._live) if slug == "*" else [slug]:
+            if name not in self._live:
                 continue
             try:
                 keys = await self._directory.lookup(name)
-            except OrgcastError:
+            except (OrgcastError, *DB_ERRORS):
                 continue  # database unavailable: the next change or watcher pass checks again
-            if keys is None:
-                await self._close_where(name, lambda p: True, TENANT_DELETED)
-            elif not keys.tenant.active:
-                await self._close_where(name, lambda p: True, TENANT_SUSPENDED)
-            else:
+            if keys is not None and keys.tenant.active:
                 await self._close_where(name, _revoked(set(keys.secrets)), KEY_REVOKED)
+
+    def sockets(self, slug: str) -> list[Socket]:
+        return list(self._live.get(slug, {}).values())
 
     async def _close_where(
         self, slug: str, match: Callable[[Principal], bool], reason: Closing
     ) -> int:
-        assert self._sockets is not None
-        targets = [sid for sid, principal in self._sockets.sockets(slug) if match(principal)]
-        for sid in targets:
-            await self._sockets.close(slug, sid, reason)
+        targets = [conn.sid for conn in self.sockets(slug) if match(conn.principal)]
+        if self._out is not None:
+            for sid in targets:
+                await self._out.close(slug, sid, reason)
         return len(targets)
-
-    async def close_all(self, slugs: Iterable[str], reason: Closing) -> None:
-        """Close every socket of these tenants on this node (shutdown)."""
-        if self._sockets is None:
-            return
-        for slug in list(slugs):
-            await self._close_where(slug, lambda p: True, reason)
 
 
 def _revoked(active: set[str]) -> Callable[[Principal], bool]:

@@ -185,8 +185,12 @@ class TenantService:
     async def revoke_signing_key(self, slug: str, kid: str) -> None:
         async with self._sessions.begin() as session:
             row = await self._require(session, slug)
-            if not await store.revoke_signing_key(session, row.id, kid, now_ms()):
+            now = now_ms()
+            if not await store.revoke_signing_key(session, row.id, kid, now):
                 raise KeyNotFound(f"no active signing key {kid!r}")
+            # The tenant changes with its keys: a node that misses the announcement finds the
+            # revocation through the tenant watcher and closes the sockets the key signed.
+            await store.update_tenant(session, row.id, {"updated_at": now})
         await self._control.tenant_changed(slug)
 
     @db_boundary()
