@@ -155,8 +155,10 @@ class AccessControl:
                 continue
             try:
                 keys = await self._directory.lookup(name)
-            except (OrgcastError, *DB_ERRORS):
+            except OrgcastError:
                 continue  # database unavailable: the next change or watcher pass checks again
+            except DB_ERRORS:
+                continue
             if keys is not None and keys.tenant.active:
                 await self._close_where(name, _revoked(set(keys.secrets)), KEY_REVOKED)
 
