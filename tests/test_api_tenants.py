@@ -155,7 +155,19 @@ async def test_create_refuses_a_reserved_slug_naming_it(server: Server) -> None:
     ]
 
 
-@pytest.mark.parametrize("event", ["message", "connect", "join", "disconnect", "presence"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        "message",
+        "connect",
+        "join",
+        "disconnect",
+        "presence",
+        "refresh",
+        "token_expiring",
+        "closing",
+    ],
+)
 async def test_create_refuses_ephemeral_events_that_shadow_standard_ones_with_422(
     server: Server, event: str
 ) -> None:

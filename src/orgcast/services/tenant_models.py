@@ -24,6 +24,7 @@ RESERVED_SLUGS = frozenset(
 RESERVED_EVENTS = frozenset(
     {
         "join", "leave", "message", "history", "presence",
+        "refresh", "token_expiring", "closing",
         "connect", "connect_error", "disconnect", "disconnecting",
         "newListener", "removeListener", "error", "ping", "pong", "open", "close",
     }
