@@ -24,6 +24,7 @@ from .logs import access_middleware
 from .metrics import create_metrics, sample_loop_lag
 from .realtime.guards import polling_body_limit
 from .realtime.server import Realtime
+from .services.access import AccessControl
 from .services.admin import resolve_admin_token
 from .services.cluster import RedisPresence
 from .services.control import ControlBus
@@ -32,6 +33,7 @@ from .services.directory import TenantDirectory, TenantWatcher
 from .services.health import HealthService
 from .services.hub import Hub
 from .services.hub_metrics import HubMetrics
+from .services.limits import ApiRateLimiter
 from .services.messages import MessageService
 from .services.retention import RetentionTask
 from .services.tenants import TenantService
@@ -146,6 +148,8 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             hub.add_listener(HubMetrics(app[METRICS]))
             hub.ordering.on_repair = app[METRICS].gap_repair
         app[PRESENCE_WEBHOOKS] = _presence_webhooks(settings, webhooks, directory, hub, redis)
+        access = AccessControl(control, directory, realtime, settings.auth.refresh_window_seconds)
+        hub.add_listener(access)
         services = Services(
             settings=settings,
             admin_token=token,
@@ -156,6 +160,8 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
             health=HealthService(engine),
             hub=hub,
             webhooks=webhooks,
+            access=access,
+            api_limits=ApiRateLimiter(redis, settings.redis.channel),
         )
         app[SERVICES] = services
         realtime.start(hub)
@@ -167,6 +173,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         )
         tasks = [
             asyncio.create_task(messages.run(), name="orgcast-writer"),
+            asyncio.create_task(access.run(), name="orgcast-expiry"),
             asyncio.create_task(watcher.run(), name="orgcast-tenant-watcher"),
             asyncio.create_task(
                 RetentionTask(tenants, messages, settings).run(), name="orgcast-retention"

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .metrics import Metrics
+from .services.access import AccessControl
 from .services.control import ControlBus
 from .services.directory import TenantDirectory
 from .services.health import HealthService
 from .services.hub import Hub
+from .services.limits import ApiRateLimiter
 from .services.messages import MessageService
 from .services.tenants import TenantService
 from .services.webhooks import WebhookService
@@ -36,6 +38,8 @@ class Services:
     health: HealthService
     hub: Hub
     webhooks: WebhookService
+    access: AccessControl
+    api_limits: ApiRateLimiter
 
 
 SETTINGS = web.AppKey("settings", Settings)

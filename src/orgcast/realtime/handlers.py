@@ -192,6 +192,9 @@ class Handlers:
         if event == "presence":
             room = payloads.room(payloads.payload(args))
             return {"ok": True, "room": room, "members": await hub.members(conn, room)}
+        if event == "refresh":
+            exp = await hub.refresh(conn, keys, payloads.payload(args).get("token"))
+            return {"ok": True, "exp": exp}
         if event in keys.tenant.ephemeral_events:
             data = payloads.payload(args)
             await hub.relay(conn, keys, event, payloads.room(data), data.get("data"))

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..errors import Unavailable
 from ..metrics import Metrics, NullMetrics
+from ..services.closing import SHUTDOWN, Closing
 from ..services.hub import Hub
 from ..services.messages import StoredRow, wire
 from ..settings import Settings
@@ -94,7 +95,7 @@ class Realtime:
         a ping interval."""
         for namespace in list(self.sio.manager.get_namespaces()):
             for sid, _ in list(self.sio.manager.get_participants(namespace, None)):
-                await self.sio.disconnect(sid, namespace=namespace)
+                await self.close(namespace[1:], sid, SHUTDOWN)
         # The server no longer accepts the next long-polling request that would drain them.
         await patches.close_transports(self.sio)
 
@@ -161,21 +162,21 @@ class Realtime:
     async def leave_room(self, slug: str, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room_key(room), namespace="/" + slug)
 
-    async def disconnect_tenant(self, slug: str) -> None:
+    async def disconnect_tenant(self, slug: str, reason: Closing) -> None:
         namespace = "/" + slug
         if namespace not in self.sio.manager.rooms:
             return
         for sid, _ in list(self.sio.manager.get_participants(namespace, None)):
-            await self.sio.disconnect(sid, namespace=namespace)
+            await self.close(slug, sid, reason)
 
-    async def disconnect_user(self, slug: str, user_id: str) -> None:
+    async def emit_to(self, slug: str, sid: str, event: str, data: dict[str, Any]) -> None:
+        await self.sio.emit(event, data, to=sid, namespace="/" + slug)
+
+    async def close(self, slug: str, sid: str, reason: Closing) -> None:
+        # Both packets go to the socket's queue in this order: closing arrives first.
         namespace = "/" + slug
-        if namespace not in self.sio.manager.rooms:
-            return
-        for sid, _ in list(self.sio.manager.get_participants(namespace, None)):
-            conn = await Handlers.connection(self.sio, sid, namespace)
-            if conn is not None and conn.principal.user_id == user_id:
-                await self.sio.disconnect(sid, namespace=namespace)
+        await self.sio.emit("closing", reason.to_dict(), to=sid, namespace=namespace)
+        await self.sio.disconnect(sid, namespace=namespace)
 
     def live_slugs(self) -> set[str]:
         """Tenants with sockets (or pending ones) on this node."""

@@ -1,12 +1,13 @@
 """Access for the life of a connection, not only at connect: token expiry and refresh, key
 revocation, tenant suspension and deletion, and kicking a user, each ending in ``closing``.
 
-The hub tells this service when a socket is admitted and when it is gone; from then on this
-service decides when the socket must go and why, and asks the transport, through the small
-``Closer`` protocol, to say ``closing {code, message}`` and disconnect it. Every server-initiated
-disconnect has a ``Closing`` reason, one of the codes of the contract.
+A ``HubListener``: the hub tells it when a socket is admitted, refreshed and gone. From then on
+this service decides when the socket must go and why, and asks the transport (the hub's
+``Broadcaster``) to say ``closing {code, message}`` and disconnect it.
 
-- Expiry: one ``ExpiryScheduler`` per node (a heap and a task), keyed by ``(slug, sid)``.
+- Expiry: one ``ExpiryScheduler`` per node (a heap and a task), keyed by ``(slug, sid)``; the
+  refresh itself (verify, leave rooms no longer allowed) is ``Hub.refresh``.
+- Suspension and deletion are the hub's (``Hub.tenant_changed``), with their own ``closing``.
 - Revocation: state, not a message. On any change of a tenant (announced locally, over Redis,
   or found by the tenant watcher in the database) each node re-reads the tenant and closes its
   sockets whose token's ``kid`` is no longer an active key. A node that missed the announcement
@@ -19,83 +20,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import OrgcastError
 from . import DB_ERRORS
-from .auth import Principal, verify_refresh
+from .auth import Principal
+from .closing import AUTH_EXPIRED, KEY_REVOKED, KICKED, Closing
 from .control import ControlBus
+from .directory import TenantDirectory
 from .expiry import ExpiryScheduler
-from .tenants import TenantDirectory, TenantKeys
+from .hub import Broadcaster, Connection, HubListener
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (slug, sid)
 
 
-@dataclass(frozen=True)
-class Closing:
-    """Why the server closes a socket: the ``closing`` event's payload."""
-
-    code: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
-
-AUTH_EXPIRED = Closing("auth_expired", "the token expired; reconnect with a new one")
-KEY_REVOKED = Closing("key_revoked", "the key that signed the token was revoked")
-TENANT_SUSPENDED = Closing("tenant_suspended", "the tenant was suspended")
-TENANT_DELETED = Closing("tenant_deleted", "the tenant was deleted")
-KICKED = Closing("kicked", "disconnected by the tenant")
-SHUTDOWN = Closing("shutdown", "the server is shutting down; reconnect")
-
-
-class Socket(Protocol):
-    """What this service needs of an admitted socket (the hub's ``Connection``)."""
-
-    @property
-    def slug(self) -> str: ...
-    @property
-    def sid(self) -> str: ...
-    @property
-    def principal(self) -> Principal: ...
-
-
-class Closer(Protocol):
-    """How this service reaches a socket; the transport implements it."""
-
-    async def emit_to(self, slug: str, sid: str, event: str, data: dict[str, Any]) -> None:
-        """Send one event to one socket."""
-        ...
-
-    async def close(self, slug: str, sid: str, reason: Closing) -> None:
-        """Send ``closing {code, message}`` to the socket, then disconnect it."""
-        ...
-
-
-class AccessControl:
+class AccessControl(HubListener):
     """Decides when a live socket must be closed; one per node. It keeps its own index of this
     node's admitted sockets by tenant (a dict entry per socket), so that a kick or a revocation
     finds them without asking the transport."""
 
     def __init__(
-        self, control: ControlBus, directory: TenantDirectory, refresh_window: float
+        self,
+        control: ControlBus,
+        directory: TenantDirectory,
+        broadcaster: Broadcaster,
+        refresh_window: float,
     ) -> None:
         self._control = control
         self._directory = directory
-        self._out: Closer | None = None
-        self._live: dict[str, dict[str, Socket]] = {}
+        self._out = broadcaster
+        self._live: dict[str, dict[str, Connection]] = {}
         self.expiry: ExpiryScheduler[Key] = ExpiryScheduler(
             refresh_window, self._expiring, self._expired
         )
         control.subscribe(self.tenant_changed)
         control.on_command("kick", self._kick_here)
-
-    def bind(self, closer: Closer) -> None:
-        self._out = closer
 
     async def run(self) -> None:
         """The expiry task; until cancelled."""
@@ -103,12 +64,12 @@ class AccessControl:
 
     # -- a socket's life --------------------------------------------------------------------------
 
-    async def on_admitted(self, conn: Socket) -> None:
+    async def on_admitted(self, conn: Connection) -> None:
         self._live.setdefault(conn.slug, {})[conn.sid] = conn
         if conn.principal.exp:
             self.expiry.schedule((conn.slug, conn.sid), conn.principal.exp)
 
-    async def on_disconnected(self, conn: Socket) -> None:
+    async def on_disconnected(self, conn: Connection) -> None:
         sockets = self._live.get(conn.slug)
         if sockets is not None:
             sockets.pop(conn.sid, None)
@@ -116,23 +77,16 @@ class AccessControl:
                 del self._live[conn.slug]
         self.expiry.cancel((conn.slug, conn.sid))
 
-    def verify_refresh(self, conn: Socket, token: Any, keys: TenantKeys) -> Principal:
-        """The principal a ``refresh`` would give the socket (same user, any active key of its
-        tenant); raises ``Unauthorized`` (``auth_invalid``/``auth_expired``), changing nothing."""
-        return verify_refresh(token, keys, conn.principal)
-
-    def refreshed(self, conn: Socket) -> None:
+    async def on_refreshed(self, conn: Connection) -> None:
         """The socket now holds a new token: its expiry moves to the new ``exp``."""
         if conn.sid in self._live.get(conn.slug, {}):
             self.expiry.schedule((conn.slug, conn.sid), conn.principal.exp)
 
     async def _expiring(self, key: Key, exp: int) -> None:
-        if self._out is not None:
-            await self._out.emit_to(key[0], key[1], "token_expiring", {"exp": exp})
+        await self._out.emit_to(key[0], key[1], "token_expiring", {"exp": exp})
 
     async def _expired(self, key: Key) -> None:
-        if self._out is not None:
-            await self._out.close(key[0], key[1], AUTH_EXPIRED)
+        await self._out.close(key[0], key[1], AUTH_EXPIRED)
 
     # -- server control ---------------------------------------------------------------------------
 
@@ -162,16 +116,15 @@ class AccessControl:
             if keys is not None and keys.tenant.active:
                 await self._close_where(name, _revoked(set(keys.secrets)), KEY_REVOKED)
 
-    def sockets(self, slug: str) -> list[Socket]:
+    def sockets(self, slug: str) -> list[Connection]:
         return list(self._live.get(slug, {}).values())
 
     async def _close_where(
         self, slug: str, match: Callable[[Principal], bool], reason: Closing
     ) -> int:
         targets = [conn.sid for conn in self.sockets(slug) if match(conn.principal)]
-        if self._out is not None:
-            for sid in targets:
-                await self._out.close(slug, sid, reason)
+        for sid in targets:
+            await self._out.close(slug, sid, reason)
         return len(targets)
 
 

@@ -44,7 +44,8 @@ from ..errors import (
 from ..names import is_slug
 from ..settings import Settings
 from . import db_boundary
-from .auth import Principal, verify_token
+from .auth import Principal, verify_refresh, verify_token
+from .closing import TENANT_DELETED, TENANT_SUSPENDED, Closing
 from .cluster import RedisPresence
 from .control import ControlBus
 from .directory import TenantDirectory
@@ -67,6 +68,17 @@ class Connection:
     sid: str
     rooms: set[str] = field(default_factory=set)
     bucket: TokenBucket = field(default_factory=TokenBucket)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message of a batch from a tenant's backend, before its body is checked."""
+
+    room: str
+    sender_id: str
+    sender_name: str | None
+    body: Any
+    client_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +108,15 @@ class Broadcaster(Protocol):
     ) -> None: ...
     async def enter_room(self, slug: str, sid: str, room: str) -> None: ...
     async def leave_room(self, slug: str, sid: str, room: str) -> None: ...
-    async def disconnect_tenant(self, slug: str) -> None: ...
-    async def disconnect_user(self, slug: str, user_id: str) -> None: ...
+    async def disconnect_tenant(self, slug: str, reason: Closing) -> None:
+        """``closing`` to every socket of the tenant on this node, then disconnect them."""
+        ...
+
+    async def emit_to(self, slug: str, sid: str, event: str, data: dict[str, Any]) -> None: ...
+    async def close(self, slug: str, sid: str, reason: Closing) -> None:
+        """``closing {code, message}`` to one socket, then disconnect it."""
+        ...
+
     def live_slugs(self) -> set[str]: ...
     def local_connections(self, slug: str) -> int: ...
 
@@ -119,6 +138,10 @@ class HubListener:
         return None
 
     async def on_member_left(self, slug: str, room: str, member: Member) -> None:
+        return None
+
+    async def on_refreshed(self, conn: Connection) -> None:
+        """The socket holds a new token (``conn.principal`` is the new one)."""
         return None
 
 
@@ -302,6 +325,24 @@ class Hub:
         )
         return Joined(room, members, replay.seq, replay.missed, replay.truncated, replay.expired)
 
+    async def refresh(self, conn: Connection, keys: TenantKeys, token: Any) -> int:
+        """A live socket's new token (same user, any active key of the tenant). Its claims apply
+        at once: rooms it no longer allows are left as on a ``leave``. Returns the new ``exp``; a
+        bad token raises ``AuthInvalid``/``AuthExpired`` and changes nothing."""
+        principal = verify_refresh(token, keys, conn.principal)
+        # Left under the old principal: the leave event names the member as the room knew it.
+        for room in [r for r in conn.rooms if not principal.may_join(r)]:
+            await self._leave(conn, room)
+        conn.principal = principal
+        for listener in self._listeners:
+            await listener.on_refreshed(conn)
+        return principal.exp
+
+    async def room_presence(self, slug: str, room: str) -> list[Member]:
+        """Who is in ``room`` now, cluster-wide, each user once (the ``presence`` event's view),
+        for a transport that names the tenant (REST)."""
+        return await self.presence.members(slug, room)
+
     async def leave(self, conn: Connection, room: str) -> None:
         if room not in conn.rooms:
             raise NotJoined(f"not in room {room!r}")
@@ -409,6 +450,38 @@ class Hub:
                 await listener.on_stored(slug, rows)
         return row
 
+    async def publish_many(
+        self, keys: TenantKeys, items: Sequence[Outgoing]
+    ) -> list[StoredRow | OrgcastError]:
+        """A batch from a tenant's backend: each item's body is checked on its own (an item
+        that fails gets its error in its place), the rest are stored in one transaction, then
+        broadcast in input order. Results in input order."""
+        if not keys.tenant.active:
+            raise TenantSuspended("the tenant is suspended; resume it to publish")
+        errors: dict[int, OrgcastError] = {}
+        accepted: list[tuple[int, NewMessage]] = []
+        for index, item in enumerate(items):
+            try:
+                encoded = encode_body(item.body, keys.limits.max_message_bytes)
+            except OrgcastError as exc:
+                errors[index] = exc
+                continue
+            message = NewMessage(
+                keys.tenant.id, item.room, item.sender_id, item.sender_name, encoded,
+                item.client_id,
+            )  # fmt: skip
+            accepted.append((index, message))
+        stored = await self._messages.send_many([m for _, m in accepted])
+        rows = {index: row for (index, _), row in zip(accepted, stored, strict=True)}
+        fresh = [row for row in stored if not row.duplicate]
+        slug = keys.tenant.slug
+        for row in fresh:
+            await self._out.emit_message(slug, row, None)
+        if fresh:
+            for listener in self._listeners:
+                await listener.on_stored(slug, fresh)
+        return [rows[i] if i in rows else errors[i] for i in range(len(items))]
+
     async def history(
         self,
         conn: Connection,
@@ -451,7 +524,8 @@ class Hub:
             except OrgcastError:
                 continue  # database unavailable: the next connect or event checks again
             if keys is None or not keys.tenant.active:
-                await self._out.disconnect_tenant(name)
+                reason = TENANT_DELETED if keys is None else TENANT_SUSPENDED
+                await self._out.disconnect_tenant(name, reason)
                 if keys is None:
                     await self.presence.forget_tenant(name)
 
