@@ -93,7 +93,7 @@ async def test_document_lists_exactly_the_routes_the_router_serves(
         documented = {(method, path) for method, path, _ in operations(doc)}
         assert documented == served(server)
     api_routes = {(m, p) for m, p in documented if p.startswith("/api/v1")}
-    assert len(api_routes) == 22
+    assert len(api_routes) == 25
     assert (("GET", "/metrics") in documented) is enabled
 
 
@@ -161,7 +161,13 @@ async def test_each_documented_operation_answers_a_documented_status_and_schema(
     server = metrics_server
     doc = await document(server)
     tenant = await server.create_tenant()
-    values = {"slug": tenant.slug, "kid": tenant.kid, "key_id": tenant.api_key_id, "room": "lobby"}
+    values = {
+        "slug": tenant.slug,
+        "kid": tenant.kid,
+        "key_id": tenant.api_key_id,
+        "room": "lobby",
+        "sub": "alice",
+    }
     async with receiver() as target:
         values.update(await _webhook_with_a_delivery(server, tenant.slug, target.url))
     table: dict[tuple[str, str], Route] = {(r.method, r.path): r for r in server.app[ROUTES]}

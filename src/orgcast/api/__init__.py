@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ..state import SETTINGS
-from . import health, metrics, openapi, tenants, webhooks
+from . import access, health, metrics, openapi, tenants, webhooks
 from .errors import error_middleware
 from .routes import add_routes
 
@@ -20,7 +20,13 @@ def middlewares() -> list[Middleware]:
 
 
 def setup_routes(app: web.Application) -> None:
-    table = [*health.routes(), *openapi.routes(), *tenants.routes(), *webhooks.routes()]
+    table = [
+        *health.routes(),
+        *openapi.routes(),
+        *tenants.routes(),
+        *access.routes(),
+        *webhooks.routes(),
+    ]
     if app[SETTINGS].metrics.enabled:
         metrics.setup(app)
         table += metrics.routes()

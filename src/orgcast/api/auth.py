@@ -3,7 +3,8 @@
 Every route but ``none`` needs ``Authorization: Bearer <token>``. The admin token opens
 everything; a tenant API key opens only the routes marked ``tenant``, and only for its own slug.
 Authentication runs before anything is looked up, so a key of another tenant learns nothing, not
-even whether a slug exists (always 403).
+even whether a slug exists (always 403). A ``tenant`` route then counts against the tenant's
+``limits.api_requests_per_second``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ async def authorize(request: web.Request, auth: Auth) -> None:
     if auth == "admin":
         await require_admin(request)
     elif auth == "tenant":
-        await require_tenant(request, request.match_info["slug"])
+        slug = request.match_info["slug"]
+        await require_tenant(request, slug)
+        await count_call(request, slug)
     elif auth == "metrics":
         await require_metrics(request)
+
+
+async def count_call(request: web.Request, slug: str) -> None:
+    """One call against the tenant's ``api_requests_per_second`` (``RateLimited`` beyond it).
+    Counted after authentication, so that nobody spends another tenant's budget; an unknown
+    tenant has none (its view answers ``tenant_not_found``)."""
+    services = request.app[SERVICES]
+    keys = services.directory.cached(slug) or await services.directory.lookup(slug)
+    if keys is not None:
+        await services.api_limits.take(slug, keys.limits.api_requests_per_second)

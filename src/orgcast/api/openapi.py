@@ -2,7 +2,8 @@
 
 Schemas come from the pydantic request and response models (``models_json_schema``), hoisted into
 ``components/schemas``. Error responses every route shares are added from what the route needs:
-authentication brings 401/403/503, a JSON body 400/413/422, a query 422, a ``{room}`` 400.
+authentication brings 401/403/503 (a tenant route also 429, its API rate), a JSON body
+400/413/422, a query 422, a ``{room}`` 400.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _COMMON_ERRORS = {
     413: "The body is too large (too_large).",
     422: "The body or query does not match the schema (validation_failed); details lists each "
     "offending field.",
+    429: "More calls than the tenant's api_requests_per_second (rate_limited); Retry-After "
+    "says when to retry, in seconds, and retry_after_ms in milliseconds.",
     503: "The database is unreachable (unavailable); retry.",
 }
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
@@ -58,6 +61,8 @@ def _error_statuses(route: Route) -> dict[int, str]:
     statuses: set[int] = set()
     if route.auth != "none":
         statuses |= {401, 403, 503}
+    if route.auth == "tenant":
+        statuses.add(429)
     if route.body is not None:
         statuses |= {400, 413, 422}
     if route.query is not None:

@@ -275,6 +275,7 @@ class DeliveriesQuery(Body):
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=64, description="next_cursor of the previous page.")
 
+
 # -- access and server control ---------------------------------------------------------------
 
 

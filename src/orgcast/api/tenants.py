@@ -274,8 +274,8 @@ def routes() -> list[Route]:
                 201: Response("Stored and broadcast.", s.Published),
                 200: Response("A resend of a stored client_id: nothing new.", s.Published),
                 404: TENANT_NOT_FOUND,
-                429: Response("The message store is busy (rate_limited); see Retry-After.",
-                              s.ErrorResponse),
+                429: Response("Over the tenant's API rate, or the message store is busy "
+                              "(rate_limited); see Retry-After.", s.ErrorResponse),
             },
         ),
     ]  # fmt: skip
