@@ -7,11 +7,13 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Server, node_or_skip, run_process
+from orgcast.settings import AuthSettings, ServerSettings
+from tests.support import Server, node_or_skip, node_settings, run_process, start_server
 from tests.test_realtime_connect import polling_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +46,12 @@ async def demo(polling_server: Server) -> tuple[Server, dict[str, str]]:
 
 def test_readme_shows_both_tour_snippets_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
-    for snippet, language in (("tour.mjs", "js"), ("tour.py", "python")):
+    for snippet, language in (("tour.mjs", "js"), ("tour.py", "python"), ("refresh.mjs", "js")):
         pattern = rf"<!-- {re.escape(snippet)} -->\n```{language}\n(.*?)```"
         block = re.search(pattern, readme, re.S)
         assert block is not None, f"README lost its {snippet} block"
         assert block.group(1) == (EXAMPLES / snippet).read_text()
-    for snippet in ("tour.mjs", "tour.py"):
+    for snippet in ("tour.mjs", "tour.py", "refresh.mjs"):
         assert f"examples/{snippet}" in readme
         assert len((EXAMPLES / snippet).read_text().splitlines()) <= 25
 
@@ -88,3 +90,31 @@ async def test_tour_snippet_reports_a_refused_token(demo: tuple[Server, dict[str
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert stderr.decode().startswith("auth_invalid { code: 'auth_invalid', message: ")
+
+
+@pytest.fixture
+async def refresh_demo(database_url: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """A node whose refresh window is longer than any token: ``token_expiring`` comes at once.
+    A short ping interval, as above: the client starts on long-polling."""
+    settings = node_settings(
+        database_url,
+        tmp_path,
+        server=ServerSettings(port=0, ping_interval=1, ping_timeout=2),
+        auth=AuthSettings(refresh_window_seconds=86_400),
+    )
+    async with start_server(settings) as server:
+        status, body = await server.request("DELETE", "/api/v1/tenants/demo")
+        assert status in (204, 404), body
+        tenant = await server.create_tenant("demo")
+        yield {"ORGCAST_URL": server.url, "ORGCAST_API_KEY": tenant.api_key}
+
+
+async def test_refresh_snippet_answers_token_expiring_with_a_new_token(
+    refresh_demo: dict[str, str],
+) -> None:
+    node = node_or_skip()
+    out = await run(node, str(EXAMPLES / "refresh.mjs"), env=refresh_demo)
+    # `refreshed <old exp> { ok: true, exp: <new exp> }`, and no `closing` before it.
+    match = re.fullmatch(r"refreshed (\d+) \{ ok: true, exp: (\d+) \}\n", out)
+    assert match is not None, out
+    assert int(match.group(2)) >= int(match.group(1))
