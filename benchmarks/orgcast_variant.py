@@ -18,6 +18,8 @@ also one that found the writer idle, waits up to ``batch_max_delay_ms`` (set it,
 ``ORGCAST_BENCH_TRACEMALLOC=DIR`` traces allocations (8 frames) and writes a snapshot to
 ``DIR/snapshot-<n>.pickle`` for each file ``DIR/request-<n>`` (``benchmarks/idle.py --trace``
 compares them).
+``ORGCAST_BENCH_EXPIRY=off`` leaves sockets out of access control (no expiry entry, no index
+entry), to measure what it costs.
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -141,6 +143,16 @@ def _tracemalloc(directory: str) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _no_access_index() -> None:
+    from orgcast.services.access import AccessControl
+
+    async def nothing(self: Any, conn: Any) -> None:
+        return None
+
+    AccessControl.on_admitted = nothing  # type: ignore[method-assign]
+    AccessControl.on_disconnected = nothing  # type: ignore[method-assign]
+
+
 def main() -> int:
     if os.environ.get("ORGCAST_BENCH_SOCKETS") == "library":
         from orgcast.realtime import patches as lean
@@ -162,6 +174,8 @@ def main() -> int:
         patches.fast_poll = lambda socket: None
     if os.environ.get("ORGCAST_BENCH_ORDERING") == "off":
         _unordered()
+    if os.environ.get("ORGCAST_BENCH_EXPIRY") == "off":
+        _no_access_index()
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])
