@@ -1,4 +1,5 @@
-"""The real-time use cases, written once: admit, join with replay, publish, leave, presence.
+"""The real-time use cases, written once: admit, join with replay, publish (one message or a
+batch), leave, presence, refresh.
 
 ``Hub`` is what the Socket.IO handlers and the HTTP views both call. It reaches sockets only
 through ``Broadcaster``, which ``realtime/`` implements; it never imports the transport, and the
@@ -12,7 +13,10 @@ Where later features attach, without touching a transport: register a ``HubListe
 - ``on_member_joined(slug, room, member)``  a user's first socket entered a room (cluster-wide)
 - ``on_stored(slug, rows)``      messages were committed and broadcast (socket and REST alike)
 - ``on_member_left(slug, room, member)``    a user's last socket left a room (also on disconnect,
-                                 and when a dead node's members are removed)
+                                 on a refresh whose token no longer allows it, and when a dead
+                                 node's members are removed)
+- ``on_refreshed(conn)``         the socket holds a new token (``services/access.py`` moves its
+                                 expiry)
 - ``on_disconnected(conn)``      a socket is gone; its rooms are left and its slot given back
 
 Ordering: ``send`` hands the message to the writer before it first suspends, so messages of one
