@@ -62,6 +62,15 @@ async def test_scheduler_warns_within_the_window_then_expires_at_exp() -> None:
         assert not scheduler.pending("a") and len(scheduler) == 0
 
 
+async def test_a_token_shorter_than_the_window_is_warned_halfway_not_at_once() -> None:
+    async with running(window=3600) as (scheduler, fired):
+        exp = int(time.time()) + 4
+        scheduler.schedule("short", exp)
+        await fired.nothing(within=1.0)  # not at once: about 2 s in
+        assert await fired.next() == ("expiring", "short", exp)
+        assert await fired.next() == ("expired", "short", None)
+
+
 async def test_rescheduling_supersedes_and_cancel_forgets() -> None:
     async with running(window=1) as (scheduler, fired):
         soon = int(time.time()) + 1

@@ -94,13 +94,14 @@ async def test_tour_snippet_reports_a_refused_token(demo: tuple[Server, dict[str
 
 @pytest.fixture
 async def refresh_demo(database_url: str, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """A node whose refresh window is longer than any token: ``token_expiring`` comes at once.
-    A short ping interval, as above: the client starts on long-polling."""
+    """A node whose refresh window is one second shorter than the snippet's hour-long tokens:
+    ``token_expiring`` comes a second after connecting. A short ping interval, as above: the
+    client starts on long-polling."""
     settings = node_settings(
         database_url,
         tmp_path,
         server=ServerSettings(port=0, ping_interval=1, ping_timeout=2),
-        auth=AuthSettings(refresh_window_seconds=86_400),
+        auth=AuthSettings(refresh_window_seconds=3599),
     )
     async with start_server(settings) as server:
         status, body = await server.request("DELETE", "/api/v1/tenants/demo")

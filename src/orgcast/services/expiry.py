@@ -1,7 +1,8 @@
 """Token expiry on live sockets: one heap and one task per node, whatever the number of sockets.
 
 Each admitted socket is scheduled with its token's ``exp``. ``refresh_window`` seconds before it
-the scheduler calls ``on_expiring(key, exp)`` (the transport emits ``token_expiring {exp}``); at
+(halfway through the token's remaining life when that is shorter than the window) the scheduler
+calls ``on_expiring(key, exp)`` (the transport emits ``token_expiring {exp}``); at
 ``exp`` it calls ``on_expired(key)`` (the transport sends ``closing {code: "auth_expired"}`` and
 disconnects). ``schedule`` again (a refresh) or ``cancel`` (a disconnect) supersedes what was
 pending for that key.
@@ -61,8 +62,13 @@ class ExpiryScheduler(Generic[K]):
         self._live[key] = generation
         now = self._clock()
         if self.refresh_window > 0 and exp > now:
-            # A token that arrives already inside the window is warned at once.
-            self._push((max(exp - self.refresh_window, now), generation, WARN, key, exp))
+            warn_at = exp - self.refresh_window
+            if warn_at <= now:
+                # A token shorter than the window is warned halfway through its life, not at
+                # once: a client that answers with another such token is not warned again
+                # immediately, in a loop.
+                warn_at = now + (exp - now) / 2
+            self._push((warn_at, generation, WARN, key, exp))
         else:
             self._push((exp, generation, EXPIRE, key, exp))
 
