@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..names import SLUG_PATTERN
+from ..names import ROOM_PATTERN, SLUG_PATTERN
 from ..services.tenant_models import RESERVED_SLUGS, TenantCreate, TenantLimits
 from ..services.webhooks import EVENT_TYPES, EndpointCreate
 
