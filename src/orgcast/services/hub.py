@@ -459,9 +459,9 @@ class Hub:
     ) -> list[StoredRow | OrgcastError]:
         """A batch from a tenant's backend: each item's body is checked on its own (an item
         that fails gets its error in its place), the rest are stored in one transaction, then
-        broadcast in input order. Results in input order."""
-        if not keys.tenant.active:
-            raise TenantSuspended("the tenant is suspended; resume it to publish")
+        delivered in input order through ordered delivery, like ``publish``. Results in input
+        order."""
+        _require_active(keys)
         errors: dict[int, OrgcastError] = {}
         accepted: list[tuple[int, NewMessage]] = []
         for index, item in enumerate(items):
@@ -477,10 +477,12 @@ class Hub:
             accepted.append((index, message))
         stored = await self._messages.send_many([m for _, m in accepted])
         rows = {index: row for (index, _), row in zip(accepted, stored, strict=True)}
-        fresh = [row for row in stored if not row.duplicate]
         slug = keys.tenant.slug
-        for row in fresh:
-            await self._out.emit_message(slug, row, None)
+        # As ``_publish`` does, resends included: ordered delivery drops what went out already.
+        for row in stored:
+            self.ordering.deliver(slug, row)
+            self._out.to_other_nodes(slug, row, None)
+        fresh = [row for row in stored if not row.duplicate]
         if fresh:
             for listener in self._listeners:
                 await listener.on_stored(slug, fresh)
