@@ -48,8 +48,14 @@ async def shared(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Shared]:
     data_dir: Path = tmp_path_factory.mktemp("property")
-    async with start_server(node_settings(database_url, data_dir)) as node:
-        tenant = await node.create_tenant(limits={"messages_per_second": 10_000})
+    settings = node_settings(database_url, data_dir)
+    # The programs drop and reconnect the same users many times a second: this test is about
+    # recovery, so the connect-rate limits (tested in test_hardening_limits) are lifted.
+    settings.server.connects_per_address = 100_000
+    async with start_server(settings) as node:
+        tenant = await node.create_tenant(
+            limits={"messages_per_second": 10_000, "connection_rate": 100_000}
+        )
         tokens = [await node.token(tenant.slug, sub=f"user{i}") for i in range(CLIENTS)]
         yield Shared(node, tenant, tokens)
 
