@@ -199,7 +199,9 @@ async def test_console_creates_a_tenant_rotates_keys_edits_it_and_opens_chat_as_
     await expect(page.locator("body")).to_have_attribute("data-state", "tenants")
     status, body = await node.request("GET", f"/api/v1/tenants/{slug}")
     assert status == 404, body
-    await expect(chat.locator("#notice")).to_have_attribute("data-code", "tenant_not_found")
+    # The server says why before it disconnects (closing { code: "tenant_deleted" }).
+    await expect(chat.locator("#notice")).to_have_attribute("data-code", "tenant_deleted")
+    await expect(chat.locator("#notice")).to_contain_text("This organization was deleted.")
     assert pages.all_errors() == []
 
 
