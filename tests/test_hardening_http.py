@@ -104,6 +104,23 @@ async def test_json_nested_2000_deep_is_a_clean_400(
     assert tracebacks(caplog) == []
 
 
+async def test_json_nested_2000_deep_on_batch_publish_and_kick_is_a_clean_400(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = await server.create_tenant()
+    deep = "[" * 2000 + "]" * 2000
+    for path, body in (
+        (f"/api/v1/tenants/{tenant.slug}/messages", '{"messages": ' + deep + "}"),
+        (f"/api/v1/tenants/{tenant.slug}/users/u1/disconnect", '{"reason": ' + deep + "}"),
+    ):
+        status, reply = await server.request(
+            "POST", path, data=body, headers={"Content-Type": "application/json"}
+        )
+        assert status == 400, (path, reply)
+        assert reply["error"]["code"] == "invalid_json", (path, reply)
+    assert tracebacks(caplog) == []
+
+
 async def test_a_9_kb_authorization_header_is_a_clean_401(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,33 +3,17 @@ publish a batch of messages. Every route is ``tenant``: the admin token or the t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadRequest, Invalid, InvalidJson, OrgcastError, TooLarge
+from ..errors import BadRequest, Invalid, OrgcastError, TooLarge
 from ..services.hub import Outgoing
 from ..state import SERVICES
 from . import schemas as s
-from .inputs import path_room, validate
+from .inputs import path_room, read_object, validate
 from .routes import Response, Route
 from .tenants import PREFIX, ROOM, SLUG, SYSTEM_SENDER, TENANT_NOT_FOUND
-
-
-async def _json_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if empty_ok:
-            return {}
-        raise InvalidJson("a JSON object body is required")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise InvalidJson("the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidJson("the body must be a JSON object")
-    return data
 
 
 async def disconnect_user(request: web.Request) -> web.Response:
@@ -37,7 +21,7 @@ async def disconnect_user(request: web.Request) -> web.Response:
     if not 1 <= len(sub) <= 128:
         raise BadRequest("sub must be 1-128 characters")
     # The body is optional: no body is no reason.
-    spec = validate(s.DisconnectRequest, await _json_object(request, empty_ok=True))
+    spec = validate(s.DisconnectRequest, await read_object(request, empty_ok=True))
     services = request.app[SERVICES]
     await services.hub.tenant_keys(slug)
     count = await services.access.kick(slug, sub, spec.reason)
@@ -54,7 +38,7 @@ async def room_presence(request: web.Request) -> web.Response:
 
 async def publish_batch(request: web.Request) -> web.Response:
     slug = request.match_info["slug"]
-    items = (await _json_object(request)).get("messages")
+    items = (await read_object(request)).get("messages")
     if not isinstance(items, list) or not items:
         raise Invalid(
             f"messages must be a list of 1-{s.MAX_BATCH} messages",

@@ -23,10 +23,13 @@ def validate(model: type[M], data: Any) -> M:
         raise Invalid.from_validation(exc) from None
 
 
-async def read_body(request: web.Request, model: type[M]) -> M:
+async def read_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (``{}`` when empty and ``empty_ok``), or ``invalid_json``."""
     # Bytes, not request.json(): a bogus charset in Content-Type must not become a 500.
     raw = await request.read()
     if not raw.strip():
+        if empty_ok:
+            return {}
         raise InvalidJson("a JSON object body is required")
     try:
         data = json.loads(raw)
@@ -34,7 +37,11 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise InvalidJson("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidJson("the body must be a JSON object")
-    return validate(model, data)
+    return data
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    return validate(model, await read_object(request))
 
 
 def read_query(request: web.Request, model: type[M]) -> M:
