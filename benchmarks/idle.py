@@ -205,7 +205,7 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,5000,19500")
-    parser.add_argument("--targets", default="orgcast,reference")
+    parser.add_argument("--targets", default="orgcast,reference,node")
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--trace", action="store_true")
     args = parser.parse_args()

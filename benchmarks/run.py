@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +58,13 @@ REF_SECRET = secrets.token_hex(32)
 SLUG = "bench"
 SCENARIOS = ("memory", "storm", "fanout", "chat", "lowfan", "lowrooms", "recovery", "tenants")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --features: each of round 2's features off, one orgcast each (on/off ratios in the A/B table).
+FEATURE_VARIANTS = (
+    "no-ordering:ORGCAST_BENCH_ORDERING=off",
+    "no-outbox:ORGCAST_BENCH_OUTBOX=off",
+    "no-metrics:ORGCAST_METRICS__ENABLED=false",
+    "no-expiry:ORGCAST_BENCH_EXPIRY=off",
+)
 TARGETS = {
     "fanout": 0.8,
     "chat": 0.7,
@@ -200,6 +209,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def start_node_reference(cpu: int | None) -> Target:
+    """The official Node socket.io server (``benchmarks/node_reference.mjs``), in memory."""
+    port = free_port()
+    node = shutil.which("node") or "node"
+    cmd = [node, str(HERE / "node_reference.mjs"), "--port", str(port), "--jwt-secret", REF_SECRET]
+    proc = subprocess.Popen(pinned(cmd, cpu), stdout=subprocess.DEVNULL, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz", proc)
+    return Target("node", proc, url, "/" + SLUG, (None, REF_SECRET))
 
 
 def start_reference(cpu: int | None) -> Target:
@@ -396,11 +416,168 @@ def seeded(i: int) -> tuple[str, str]:
 # -- the generator ------------------------------------------------------------------------------
 
 
+RAWGEN_SOURCE = HERE / "rawgen.c"
+RAWGEN = ROOT / "build" / "rawgen"
+# Scenarios the raw generator (``benchmarks/rawgen.c``) runs; the others need the official client.
+RAW_SCENARIOS = ("fanout", "fixed")
+
+
+def build_rawgen() -> Path:
+    """Compile the raw generator when its binary is missing or older than its source."""
+    if not RAWGEN.exists() or RAWGEN.stat().st_mtime < RAWGEN_SOURCE.stat().st_mtime:
+        RAWGEN.parent.mkdir(exist_ok=True)
+        cmd = ["gcc", "-O2", "-Wall", "-o", str(RAWGEN), str(RAWGEN_SOURCE), "-lm"]
+        subprocess.run(cmd, check=True, timeout=120)
+    return RAWGEN
+
+
+class RawSession:
+    """One ``rawgen`` process: its clients connected and joined; ``step`` runs one paced phase."""
+
+    def __init__(self, gen: Generator, config: dict[str, Any]) -> None:
+        tokens = gen.tmp / f"tokens-{time.monotonic_ns()}"
+        tokens.write_text("\n".join(config["tokens"]) + "\n")
+        url = urllib.parse.urlsplit(config["url"])
+        settings = {
+            "host": url.hostname,
+            "port": url.port,
+            "namespace": config["namespace"],
+            "tokens": tokens,
+            "clients": config["clients"],
+            "rooms": config.get("rooms", 1),
+            "room": config["room"],
+            "senders": config.get("senders", config["clients"]),
+            "pad_bytes": config.get("pad_bytes", 64),
+            "concurrency": 50,
+            "server_pid": config.get("server_pid", 0),
+            "clk_tck": CLK_TCK,
+            "timeout_s": config.get("timeout_s", 300),
+            # Saturation: reads batched 2 ms apart while busy (the generator's cost per delivery
+            # is the kernel's per read); fixed low rates: every frame read at once.
+            "read_interval_us": 2000 if config["scenario"] == "fanout" else 0,
+        }
+        path = gen.tmp / f"raw-{time.monotonic_ns()}.conf"
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        self.proc = subprocess.Popen(
+            pinned([str(build_rawgen()), str(path)], gen.cpu),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        self.steps = 0
+        self.ready = self._read(180)
+        if not self.ready.get("ready"):
+            self.close()
+            raise RuntimeError(f"rawgen: {self.ready.get('error', self.ready)}")
+
+    def _read(self, timeout_s: float) -> dict[str, Any]:
+        """The answer to the last command: one line (rawgen writes each line at once)."""
+        assert self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if readable else b""
+        if not line:
+            self.close()
+            raise RuntimeError(f"rawgen: no answer in {timeout_s:.0f}s (exit {self.proc.poll()})")
+        return dict(json.loads(line))
+
+    def step(self, rate: float, seconds: float, grace_s: float, p99_ms: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.steps += 1
+        self.proc.stdin.write(f"step {self.steps} {rate} {seconds} {grace_s} {p99_ms}\n".encode())
+        self.proc.stdin.flush()
+        out = self._read(seconds + grace_s + 60)
+        if "error" in out:
+            raise RuntimeError(f"rawgen: {out['error']}")
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b"quit\n")
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def raw_fanout(session: RawSession, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The saturation search of loadgen.mjs's fanout, on the raw generator."""
+
+    def run_step(rate: int) -> dict[str, Any]:
+        r = session.step(rate, cfg["step_s"], cfg["grace_s"], cfg["p99_limit_ms"])
+        log(
+            f"fanout rate={rate}/s deliveries={r['deliveries_per_s']}/s ratio={r['delivery_ratio']}"
+            f" p99={r['latency'].get('p99_ms')}ms gen_cpu={r['generator_cpu_frac']}"
+            f" srv_cpu={r.get('server_cpu_frac')} srv_wait={r.get('server_runqueue_wait_frac')}"
+            f" {'pass' if r['pass'] else 'FAIL'}"
+        )
+        return r
+
+    steps: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    failed: int | None = None
+    rate = cfg["start_rate"]
+    for _ in range(cfg["max_steps"]):
+        if rate > cfg["max_rate"]:
+            break
+        r = run_step(rate)
+        steps.append(r)
+        if not r["pass"]:
+            failed = rate
+            break
+        best = r
+        rate = max(rate + 1, round(rate * cfg["growth"]))
+    for _ in range(cfg["refine"]):
+        if not (best and failed and failed - best["rate"] > 2):
+            break
+        mid = round((best["rate"] + failed) / 2)
+        r = run_step(mid)
+        steps.append(r)
+        if r["pass"]:
+            best = r
+        else:
+            failed = mid
+    half = run_step(max(1, round(best["rate"] / 2))) if best else None
+    return {"clients": cfg["clients"], "senders": cfg["senders"], "steps": steps,
+            "saturation": best, "first_failure": failed, "half": half}  # fmt: skip
+
+
+def raw_fixed(session: RawSession, cfg: dict[str, Any]) -> dict[str, Any]:
+    """loadgen.mjs's fixed-rate scenario on the raw generator: a warm-up step (not measured)."""
+    session.step(cfg["rate"], min(2, cfg["duration_s"]), cfg["grace_s"], 1e9)
+    time.sleep(0.3)
+    r = session.step(cfg["rate"], cfg["duration_s"], cfg["grace_s"], 1e9)
+    r.pop("pass", None)
+    log(f"fixed {cfg['clients']}x{cfg['rooms']} @{cfg['rate']}/s p50={r['latency'].get('p50_ms')}"
+        f" p99={r['latency'].get('p99_ms')}ms gen_cpu={r['generator_cpu_frac']}")  # fmt: skip
+    return {"clients": cfg["clients"], "rooms": cfg["rooms"], **r}
+
+
 class Generator:
-    def __init__(self, cpu: int | None) -> None:
+    def __init__(self, cpu: int | None, raw: bool = True) -> None:
         self.cpu = cpu
+        self.raw = raw
         self.node = shutil.which("node") or "node"
         self.tmp = Path(tempfile.mkdtemp(prefix="orgcast-bench-"))
+
+    def run_raw(self, config: dict[str, Any]) -> dict[str, Any]:
+        scenario = config["scenario"]
+        cfg = dict(config)
+        if scenario == "fixed":
+            cfg.setdefault("room", f"fixed-{secrets.token_hex(3)}-")
+        t0, cpu0 = time.monotonic(), 0.0
+        session = RawSession(self, cfg)
+        try:
+            cpu0 = session.ready.get("generator_cpu_s", 0.0)
+            result = raw_fanout(session, cfg) if scenario == "fanout" else raw_fixed(session, cfg)
+        finally:
+            session.close()
+        result["generator"] = "raw"
+        total = {"wall_s": round(time.monotonic() - t0, 3), "connect_generator_cpu_s": cpu0}
+        return {"scenario": scenario, "result": result, "total": total}
 
     def _config(self, config: dict[str, Any]) -> Path:
         path = self.tmp / f"{config['scenario']}-{time.monotonic_ns()}.json"
@@ -412,6 +589,8 @@ class Generator:
 
     def run(self, config: dict[str, Any]) -> dict[str, Any]:
         config.setdefault("timeout_s", 300)
+        if self.raw and config["scenario"] in RAW_SCENARIOS:
+            return self.run_raw(config)
         path = self._config(config)
         done = subprocess.run(
             self._cmd(path),
@@ -671,13 +850,16 @@ def limit_of(step: dict[str, Any] | None) -> str:
     return f"neither CPU-bound (server {srv:.0%}, generator {gen:.0%})"
 
 
-def summarize(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(
+    results: dict[str, dict[str, Any]], reference: str = "reference"
+) -> list[dict[str, Any]]:
+    """Rows of orgcast against one reference server (``reference`` or ``node``)."""
     rows: list[dict[str, Any]] = []
 
     def row(scenario: str, metric: str, ref: Any, org: Any, **kw: Any) -> None:
         rows.append({"scenario": scenario, "metric": metric, "reference": ref, "orgcast": org} | kw)
 
-    ref, org = results.get("reference", {}), results.get("orgcast", {})
+    ref, org = results.get(reference, {}), results.get("orgcast", {})
     if "memory" in ref or "memory" in org:
         r, o = ref.get("memory", {}), org.get("memory", {})
         row("memory", "KB per idle socket", r.get("kb_per_socket"), o.get("kb_per_socket"),
@@ -809,8 +991,38 @@ def _met(value: float | None, target: float) -> bool | None:
     return None if value is None else value >= target
 
 
+def combine(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per figure: python-socketio, Node and orgcast, orgcast's ratio to each reference.
+    Targets (and "met") are the round-1 ones, against python-socketio."""
+    py = {(r["scenario"], r["metric"]): r for r in summarize(results, "reference")}
+    node = {(r["scenario"], r["metric"]): r for r in summarize(results, "node")}
+    rows = []
+    for key in [*py, *(k for k in node if k not in py)]:
+        r, n = py.get(key, {}), node.get(key, {})
+        limit = (r.get("limit") or "").replace("ref: ", "python: ") or None
+        if (n.get("limit") or "").startswith("ref: ") and "node" in results:
+            node_limit = n["limit"].split("; ")[0].removeprefix("ref: ")
+            limit = f"{limit}; node: {node_limit}" if limit else f"node: {node_limit}"
+        rows.append(
+            {
+                "scenario": key[0],
+                "metric": key[1],
+                "python": r.get("reference"),
+                "node": n.get("reference"),
+                "orgcast": r.get("orgcast", n.get("orgcast")),
+                "ratio_python": r.get("ratio"),
+                "ratio_node": n.get("ratio"),
+                "target": r.get("target", ""),
+                "met": r.get("met"),
+                "limit": limit,
+            }
+        )
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    headers = ["scenario", "metric", "reference", "orgcast", "ratio", "target", "met"]
+    headers = ["scenario", "metric", "python-socketio", "node socket.io", "orgcast",
+               "orgcast/python", "orgcast/node", "target", "met"]  # fmt: skip
     cells = []
     for r in rows:
         met = r.get("met")
@@ -818,9 +1030,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             [
                 r["scenario"],
                 r["metric"],
-                _fmt(r.get("reference")),
+                _fmt(r.get("python")),
+                _fmt(r.get("node")),
                 _fmt(r.get("orgcast")),
-                _fmt(r.get("ratio")),
+                _fmt(r.get("ratio_python")),
+                _fmt(r.get("ratio_node")),
                 r.get("target", ""),
                 "" if met is None else ("yes" if met else "NO"),
             ]
@@ -833,6 +1047,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         for cell in cells
     ]
     limits = [f"- {r['scenario']}: {r['limit']}" for r in rows if r.get("limit")]
+    if not cells:
+        return "(no results)"
     return "\n".join([line, rule, *body, "", "What limited each result:", *limits])
 
 
@@ -922,9 +1138,9 @@ def ab_metrics(scenario: str, run: dict[str, Any]) -> dict[str, float | None]:
 
 def ab_table(results: dict[str, dict[str, Any]]) -> str:
     """Median of each headline figure per server, and each orgcast variant against orgcast."""
-    names = [n for n in results if n.startswith("orgcast")] + (
-        ["reference"] if "reference" in results else []
-    )
+    names = [n for n in results if n.startswith("orgcast")] + [
+        n for n in ("reference", "node") if n in results
+    ]
     medians: dict[str, dict[str, float | None]] = {}
     counts: dict[str, int] = {}
     for name in names:
@@ -959,7 +1175,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run, about two minutes")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument(
-        "--targets", default="reference,orgcast", help="which servers (reference,orgcast)"
+        "--targets",
+        default="reference,node,orgcast",
+        help="which servers: reference (python-socketio), node (socket.io), orgcast",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=["raw", "official"],
+        default="raw",
+        help="fanout, lowfan, lowrooms on the raw generator (rawgen.c, default) or the official"
+        " client (loadgen.mjs); the other scenarios always use the official client",
+    )
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="also run orgcast with each of this round's features off (ordering, webhooks"
+        " outbox, metrics, token expiry): on/off ratios in the A/B table",
     )
     parser.add_argument("--summarize", type=Path, help="print the table of a saved results file")
     parser.add_argument(
@@ -976,12 +1207,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
-        print(table(summarize(saved["results"])))
-        if len(saved["results"]) > 2 or any(k.endswith("_runs") for k in saved["results"].get(
-                "orgcast", {})):  # fmt: skip
+        print(table(combine(saved["results"])))
+        if any(n.startswith("orgcast:") for n in saved["results"]) or any(
+                k.endswith("_runs") for k in saved["results"].get("orgcast", {})):  # fmt: skip
             print("\nA/B (median over runs):\n" + ab_table(saved["results"]))
         return 0
     variants = [parse_variant(v) for v in args.variant]
+    if args.features:
+        variants += [parse_variant(v) for v in FEATURE_VARIANTS]
     requested = {s for s in args.only.split(",") if s}
     unknown = requested - set(SCENARIOS)
     if unknown:
@@ -993,16 +1226,22 @@ def main() -> int:
     profile = PROFILES["quick" if args.quick else "full"]
     if args.repeats:
         profile = {**profile, "repeats": {s: args.repeats for s in SCENARIOS}}
-    if not (ROOT / "node_modules" / "socket.io-client").is_dir():
-        print("run `npm ci` first (node_modules/socket.io-client is missing)", file=sys.stderr)
-        return 1
+    for module in ("socket.io-client", "socket.io"):
+        if not (ROOT / "node_modules" / module).is_dir():
+            print(f"run `npm ci` first (node_modules/{module} is missing)", file=sys.stderr)
+            return 1
+    unknown_targets = set(names) - {"reference", "node", "orgcast"}
+    if unknown_targets:
+        parser.error(f"unknown target(s): {', '.join(sorted(unknown_targets))}")
+    if args.generator == "raw":
+        build_rawgen()
 
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, gen_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
     info = machine()
     info["pinning"] = {"servers": server_cpu, "generator": gen_cpu}
     log(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), load {info['loadavg_start']}")
-    gen = Generator(gen_cpu)
+    gen = Generator(gen_cpu, raw=args.generator == "raw")
     RECEIVER_CPU[0] = gen_cpu
     db_name = f"orgcast_bench_{secrets.token_hex(4)}"
     data_dir = tempfile.mkdtemp(prefix="orgcast-bench-data-")
@@ -1017,6 +1256,8 @@ def main() -> int:
     try:
         if "reference" in names:
             targets.append(start_reference(server_cpu))
+        if "node" in names:
+            targets.append(start_node_reference(server_cpu))
         if "orgcast" in names:
             targets.append(start_orgcast(server_cpu, pg_dsn(db_name).replace(
                 "postgresql://", "postgresql+asyncpg://"), data_dir))  # fmt: skip
@@ -1056,9 +1297,10 @@ def main() -> int:
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(gen.tmp, ignore_errors=True)
     info["loadavg_end"] = list(os.getloadavg())
-    rows = summarize(results)
+    rows = combine(results)
     report = {
         "mode": "quick" if args.quick else "full",
+        "generator": args.generator,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.monotonic() - started, 1),
         "machine": info,
@@ -1071,7 +1313,8 @@ def main() -> int:
     print()
     print(
         f"orgcast benchmarks ({report['mode']}), {info['nproc']} CPUs {info['cpu_model']}, "
-        f"servers on CPU {server_cpu}, generator on CPU {gen_cpu}; "
+        f"servers on CPU {server_cpu}, generator on CPU {gen_cpu} "
+        f"({args.generator} for fanout/lowfan/lowrooms); "
         f"load {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}"
     )
     print(table(rows))
