@@ -202,6 +202,29 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
     return out
 
 
+NAMES = {"orgcast": "orgcast", "reference": "python-socketio", "node": "node socket.io"}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """One row per size and server; orgcast's KiB per socket against each reference."""
+    head = ("| N | server | KiB/socket | orgcast / this | idle CPU % of a core | connects/s |"
+            " server CPU ms per connect | generator CPU s (connect / idle) | load |")  # fmt: skip
+    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in results:
+        same = [o for o in results if o["sockets"] == r["sockets"]]
+        org = next((o for o in same if o["target"] == "orgcast"), None)
+        kib = r.get("kib_per_socket")
+        versus = f"{org['kib_per_socket'] / kib:.2f}" if org and kib else "-"
+        per_connect = r.get("server_connect_cpu_s", 0) / max(1, r.get("held", 0)) * 1000
+        lines.append(
+            f"| {r['sockets']:,} | {NAMES.get(r['target'], r['target'])} | {kib} | {versus} |"
+            f" {r.get('idle_cpu_pct', '-')} | {r.get('connects_per_s', '-')} | {per_connect:.2f} |"
+            f" {r.get('gen_connect_cpu_s', '-')} / {r.get('gen_hold_cpu_s', '-')} |"
+            f" {r['load_start']:.1f} -> {r.get('load_end', 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,5000,19500")
@@ -222,6 +245,8 @@ def main() -> int:
     run.RESULTS.mkdir(exist_ok=True)
     path = run.RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-idle.json"
     path.write_text(json.dumps(results, indent=2))
+    print()
+    print(table(results))
     print(f"results: {path}")
     return 0
 
