@@ -1213,6 +1213,8 @@ def main() -> int:
                 k.endswith("_runs") for k in saved["results"].get("orgcast", {})):  # fmt: skip
             print("\nA/B (median over runs):\n" + ab_table(saved["results"]))
         return 0
+    # A timeout's SIGTERM stops the servers and drops the databases, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     variants = [parse_variant(v) for v in args.variant]
     if args.features:
         variants += [parse_variant(v) for v in FEATURE_VARIANTS]
