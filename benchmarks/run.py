@@ -1,13 +1,24 @@
-"""Run every benchmark scenario against the bare reference server and orgcast, in one invocation.
+"""Run every benchmark scenario against the reference servers and orgcast, in one invocation.
 
-    ./scripts/bench [--quick] [--only fanout,chat,...]
+    ./scripts/bench [--quick] [--only fanout,chat,...] [--targets reference,node,orgcast]
+                    [--generator raw|official] [--features] [--variant ...] [--repeats N]
 
-Both servers are started here: the reference (``benchmarks/reference_server.py``) and orgcast on a
+Every server is started here: the python-socketio reference (``benchmarks/reference_server.py``),
+the Node socket.io reference (``benchmarks/node_reference.mjs``, npm ``socket.io``) and orgcast on a
 throwaway PostgreSQL database that is dropped at the end. Servers are pinned to the first allowed
-CPU and the Node load generator (``benchmarks/loadgen.mjs``) to the second, when there are two.
-Each scenario runs against the reference, then orgcast; the table prints the ratios against the
-targets, and the full JSON (steps, percentiles, CPU of server, generator and PostgreSQL backends)
-goes to ``benchmarks/results/<timestamp>.json``.
+CPU and the load generators to the second, when there are two. Each scenario runs against every
+server in turn; the table gives orgcast's ratio to each reference, and the full JSON (steps,
+percentiles, CPU of server, generator and PostgreSQL backends) goes to
+``benchmarks/results/<timestamp>.json``.
+
+Generators: fanout, lowfan and lowrooms run on ``benchmarks/rawgen.c`` (raw websocket clients in one
+epoll loop, compiled with gcc into ``build/rawgen`` when missing or older than its source), the
+other scenarios on ``benchmarks/loadgen.mjs`` (the official ``socket.io-client``);
+``--generator official`` runs everything on the official client, to check one against the other.
+
+``--features`` adds one orgcast per feature of round 2 switched off (``FEATURE_VARIANTS``):
+ordering, the webhooks outbox, metrics, the token-expiry index; the A/B table gives each one's
+figures against orgcast as configured.
 
 A variant with ``ORGCAST_BENCH_WEBHOOK=1`` also gets a fast local webhook receiver
 (``benchmarks/webhook_receiver.py``) and one endpoint on the benchmark tenant subscribed to
