@@ -909,6 +909,8 @@ def summarize(
             met=None if p99 is None else p99 <= TARGETS["half_p99_ms"])  # fmt: skip
         row("a fan-out", "generator CPU at saturation", rs.get("generator_cpu_frac"),
             os_.get("generator_cpu_frac"))  # fmt: skip
+        row("a fan-out", "generator CPU us per delivery at saturation", _gen_us(rs),
+            _gen_us(os_))  # fmt: skip
     if "chat" in ref or "chat" in org:
         r = ref.get("chat", {}).get("result", {})
         o = org.get("chat", {}).get("result", {})
@@ -967,6 +969,13 @@ def summarize(
                 f"{spread:+.0%}", target="<= 20%",
                 met=spread <= TARGETS["tenant_flatness"])  # fmt: skip
     return rows
+
+
+def _gen_us(step: dict[str, Any]) -> float | None:
+    """The generator's CPU per delivery in one step, microseconds."""
+    if not step.get("received") or "generator_cpu_s" not in step:
+        return None
+    return round(step["generator_cpu_s"] / step["received"] * 1e6, 2)
 
 
 def _cpus(result: dict[str, Any]) -> str | None:
