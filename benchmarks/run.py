@@ -1193,7 +1193,9 @@ def ab_table(results: dict[str, dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run, about two minutes")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run, about four minutes with three servers"
+    )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument(
         "--targets",
@@ -1210,7 +1212,7 @@ def main() -> int:
     parser.add_argument(
         "--features",
         action="store_true",
-        help="also run orgcast with each of this round's features off (ordering, webhooks"
+        help="also run orgcast with each of round 2's features off (ordering, webhooks"
         " outbox, metrics, token expiry): on/off ratios in the A/B table",
     )
     parser.add_argument("--summarize", type=Path, help="print the table of a saved results file")
