@@ -67,6 +67,7 @@ import collections
 import contextlib
 import logging
 import math
+import struct
 import time
 import types
 from collections import deque
@@ -181,10 +182,16 @@ class LeanQueue:
     in a deque only while some are waiting; getters and joiners in lists only while waiting.
 
     Once ``lean_websocket_handler`` attaches the websocket (``attach``), there is no waiting
-    consumer at all: a put starts a writer task (``_drain``) unless one is running, and the
-    writer ends when the queue is empty; so an idle websocket has no writer task."""
+    consumer at all. An uncompressed aiohttp websocket is written to its transport directly
+    (patch 9): a put files the queue in the server's ``WriteBatch``, which writes each filed
+    queue's frames, joined, in one transport write at the end of the loop turn; only a paused
+    transport (the client reads slowly), the closing marker or a closed websocket start a writer
+    task (``_drain``), which ends when the queue is empty. Otherwise (compression on, or another
+    websocket class) a put starts the writer task unless one is running. So an idle websocket
+    has no writer task, and a burst costs no task per socket."""
 
-    __slots__ = ("_getters", "_items", "_joiners", "_socket", "_unfinished", "_writer", "_ws")
+    __slots__ = ("_batch", "_getters", "_items", "_joiners", "_protocol", "_sock", "_socket",
+                 "_transport", "_unfinished", "_writer", "_ws")  # fmt: skip
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
@@ -193,16 +200,30 @@ class LeanQueue:
         self._unfinished = 0
         self._socket: Any = None
         self._ws: Any = None
-        self._writer: asyncio.Future[None] | None = None
+        # A task, ``BATCHED`` (filed in ``_batch``, written at the end of the loop turn) or None.
+        self._writer: Any = None
+        # Set by ``attach`` for a websocket written to its transport directly (patch 9).
+        self._batch: WriteBatch | None = None
+        self._sock: Any = None
+        self._transport: Any = None
+        self._protocol: Any = None
 
-    def attach(self, socket: Any, ws: Any) -> None:
-        """Write what is queued, and every later put, to ``ws`` from an on-demand task."""
+    def attach(self, socket: Any, ws: Any, batch: WriteBatch | None = None) -> None:
+        """Write what is queued, and every later put, to ``ws``: straight to its transport when
+        ``batch`` is given and ``ws`` is an uncompressed aiohttp websocket, else with its
+        ``send`` from an on-demand task."""
         self._socket, self._ws = socket, ws
+        sock = getattr(ws, "_sock", None)
+        writer = getattr(sock, "_writer", None)
+        if batch is not None and writer is not None and not writer.compress:
+            self._batch, self._sock = batch, sock
+            self._transport, self._protocol = writer.transport, writer.protocol
         if self._items:
-            self._start_writer()
+            self._start_task()
 
-    def _start_writer(self) -> None:
-        if self._writer is None and self._ws is not None:
+    def _start_task(self) -> None:
+        """Start the writer task unless it runs (a filed queue becomes the task's)."""
+        if self._ws is not None and (self._writer is None or self._writer is BATCHED):
             self._writer = asyncio.ensure_future(_drain(self))
 
     def qsize(self) -> int:
@@ -221,10 +242,15 @@ class LeanQueue:
             self._items = deque()
         self._items.append(item)
         self._unfinished += 1
-        if self._ws is not None:
-            self._start_writer()
-        else:
+        if self._ws is None:
             self._wake_getter()
+        elif self._writer is None:
+            batch = self._batch
+            if batch is not None and item is not None and not self._protocol._paused:
+                self._writer = BATCHED
+                batch.add(self)
+            else:
+                self._start_task()
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
@@ -283,6 +309,128 @@ class LeanQueue:
         if not getters:
             self._getters = None
 
+    # -- patch 9: frames written to the transport ---------------------------------------------
+
+    def _writable(self) -> bool:
+        """The websocket may still carry data frames: aiohttp has not begun its close (sent or
+        received), and the transport is open."""
+        sock = self._sock
+        return (
+            not sock._closed
+            and not sock._closing
+            and self._protocol.transport is not None
+            and not self._transport.is_closing()
+        )
+
+    def _write_frames(self) -> None:
+        """Write every queued packet up to the closing marker (which stays queued) in one
+        transport write."""
+        items = self._items
+        if not items:
+            return
+        frames = []
+        while items and items[0] is not None:
+            frames.append(items.popleft())
+        if not items:
+            self._items = None
+        try:
+            if len(frames) == 1:
+                self._transport.write(frame_of(frames[0]))
+            else:
+                self._transport.write(b"".join([frame_of(pkt) for pkt in frames]))
+        finally:
+            for _ in frames:
+                self.task_done()
+
+    def _flush(self) -> None:
+        """``WriteBatch``'s turn for this queue: write now, or leave it to the writer task."""
+        if self._writer is not BATCHED:
+            return  # the writer task took over meanwhile
+        self._writer = None
+        if self._protocol._paused or not self._writable():
+            self._start_task()
+            return
+        try:
+            self._write_frames()
+        except Exception:
+            log.debug("writing to a websocket failed", exc_info=True)
+        if self._items or self._socket.closed:
+            # The closing marker, a failed write, or the engine's CLOSE packet was the last
+            # (its close puts no marker): the task closes the websocket.
+            self._start_task()
+
+
+class _Batched:
+    """The marker a filed ``LeanQueue`` keeps in place of its writer task."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "BATCHED"
+
+
+BATCHED: Any = _Batched()
+
+
+class WriteBatch:
+    """The lean websockets with frames waiting, written at the end of the current loop turn: one
+    callback for the whole server, each websocket's frames in one transport write (a message
+    handled with several others in one turn, as ordered delivery and group commit hand them out,
+    costs one write per recipient instead of one per message and recipient)."""
+
+    __slots__ = ("_handle", "_queues")
+
+    def __init__(self) -> None:
+        self._queues: list[LeanQueue] = []
+        self._handle: asyncio.Handle | None = None
+
+    def add(self, queue: LeanQueue) -> None:
+        self._queues.append(queue)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        queues, self._queues = self._queues, []
+        self._handle = None
+        for queue in queues:
+            queue._flush()
+
+
+def _frame(encoded: str | bytes) -> bytes:
+    """The unmasked, unfragmented websocket frame (RFC 6455 5.2) carrying one engine.io packet:
+    text for a ``str``, binary for ``bytes``."""
+    if isinstance(encoded, str):
+        payload, first = encoded.encode(), 0x81
+    else:
+        payload, first = bytes(encoded), 0x82
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
+
+
+class FramePacket(engine_packet.Packet):  # type: ignore[misc]
+    """An engine.io packet that carries its websocket frame, built once for every recipient
+    (a broadcast's packet, the ping); still a plain ``Packet`` for long-polling and for the
+    engine's own websocket writer."""
+
+    def __init__(self, packet_type: int, data: Any = None) -> None:
+        super().__init__(packet_type, data)
+        self.frame = _frame(self.encode())
+
+
+def frame_of(pkt: Any) -> bytes:
+    if type(pkt) is FramePacket:
+        return pkt.frame
+    return _frame(pkt.encode())
+
+
+# One ping packet for every socket: its frame is a constant. A pong is recognised by its text.
+PING_PACKET = FramePacket(engine_packet.PING)
+PONG = str(engine_packet.PONG)
+
 
 class PingWheel:
     """Every socket's next ping, in one-second slots, served by one timer for the whole server
@@ -330,7 +478,7 @@ def _schedule_ping(self: Any) -> None:
 def _ping(socket: Any) -> None:
     if not socket.closing and not socket.closed:
         socket.last_ping = time.time()
-        socket.queue.put_nowait(engine_packet.Packet(engine_packet.PING))
+        socket.queue.put_nowait(PING_PACKET)
 
 
 def make_lean(socket: Any) -> None:
@@ -389,6 +537,7 @@ def install_lean_sockets(sio: socketio.AsyncServer) -> None:
     task sweep without a task per socket."""
     eio = sio.eio
     eio.orgcast_pings = PingWheel(eio.ping_interval)
+    eio.orgcast_batch = WriteBatch()
     eio._service_task = types.MethodType(_service_task, eio)
     on_connect = eio.handlers["connect"]
 
@@ -408,7 +557,11 @@ async def _drain(queue: LeanQueue) -> None:
     the queue until their turn, so its size is the socket's backlog (``VOLATILE_BACKLOG``)."""
     socket, ws = queue._socket, queue._ws
     try:
-        if await _write_queued(queue, ws) and not socket.closed:
+        if queue._transport is not None:
+            written = await _write_frames(queue)
+        else:
+            written = await _write_queued(queue, ws)
+        if written and not socket.closed:
             return
         queue._ws = None  # nothing more is written to this websocket
         while queue._items:  # what is still queued is never sent
@@ -417,6 +570,27 @@ async def _drain(queue: LeanQueue) -> None:
         await ws.close()
     finally:
         queue._writer = None
+
+
+async def _write_frames(queue: LeanQueue) -> bool:
+    """``_write_queued`` for a websocket written to its transport (patch 9): wait while the
+    transport is paused (the client reads slowly; meanwhile the queue is the backlog), then
+    write everything queued in one transport write."""
+    protocol = queue._protocol
+    while queue._items:
+        if protocol._paused:
+            try:
+                await protocol._drain_helper()
+            except Exception:
+                return False
+            continue
+        if queue._items[0] is None or not queue._writable():
+            return False
+        try:
+            queue._write_frames()
+        except Exception:
+            return False
+    return True
 
 
 async def _write_queued(queue: LeanQueue, ws: Any) -> bool:
@@ -446,7 +620,7 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
     socket.connected = True
     socket.upgraded = True
     queue: LeanQueue = socket.queue
-    queue.attach(socket, ws)
+    queue.attach(socket, ws, getattr(server, "orgcast_batch", None))
     limit = server.max_http_buffer_size
     while True:
         try:
@@ -454,6 +628,9 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
             data = await ws.wait()
         except (Exception, asyncio.CancelledError):  # as the engine: a cancelled read ends it too
             break
+        if data == PONG:  # the engine's receive for a pong, without decoding a packet (patch 9)
+            socket.schedule_ping()
+            continue
         if not isinstance(data, str | bytes) or not data or len(data) > limit:
             break
         try:
@@ -465,6 +642,7 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
         except Exception:
             server.logger.exception("Unknown receive error")
     queue.put_nowait(None)  # the writer closes the websocket after what is queued
+    queue._start_task()
     while queue._writer is not None:
         await asyncio.shield(queue._writer)
     await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
@@ -531,7 +709,7 @@ class DirectFanout(socketio.AsyncManager):  # type: ignore[misc]
             socket_packet.EVENT, namespace=namespace, data=[event, *data]
         ).encode()
         frames = [
-            engine_packet.Packet(engine_packet.MESSAGE, part)
+            FramePacket(engine_packet.MESSAGE, part)
             for part in (encoded if isinstance(encoded, list) else [encoded])
         ]
         sockets = self.server.eio.sockets
