@@ -347,3 +347,26 @@ async def test_a_frame_over_the_size_limit_closes_the_connection(server: Server)
     assert struct.unpack("!H", payload[:2])[0] == 1009  # message too big
     assert await wire.eof()
     wire.close()
+
+
+# -- the environ of an open websocket -------------------------------------------------------------
+
+
+async def test_an_open_websocket_keeps_a_trimmed_environ_that_later_namespace_connects_still_read(
+    server: Server,
+) -> None:
+    allowed = await server.create_tenant(allowed_origins=["https://app.example.com"])
+    other = await server.create_tenant(allowed_origins=["https://other.example.com"])
+    raw = await RawSocket.open(server, Origin="https://app.example.com")
+    try:
+        await raw.connect(allowed.slug, await server.token(allowed.slug))
+        sio = server.app[REALTIME].sio
+        environ = sio.environ[raw.sid]
+        assert set(environ) <= set(patches.ENVIRON_KEPT)
+        assert environ["HTTP_ORIGIN"] == "https://app.example.com"
+        # A second namespace on the same socket is still checked against the kept origin.
+        await raw.send(f"40/{other.slug}," + json.dumps({"token": await server.token(other.slug)}))
+        refused = await raw.recv()
+        assert refused.startswith(f"44/{other.slug},") and "origin" in refused, refused
+    finally:
+        await raw.close()

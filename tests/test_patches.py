@@ -269,3 +269,50 @@ async def test_patch_8_makes_a_new_engine_socket_lean_keeping_what_is_queued() -
     socket.schedule_ping()  # filed in the server's wheel: no task
     assert sio.eio.orgcast_pings._timer is not None
     patches.stop_pings(sio)
+
+
+# -- 9. websocket frames written to the transport -------------------------------------------------
+
+
+def test_patch_9_reads_the_aiohttp_websocket_state_it_relies_on() -> None:
+    from aiohttp import web
+    from aiohttp._websocket.writer import WebSocketWriter
+    from aiohttp.base_protocol import BaseProtocol
+
+    # ``LeanQueue.attach`` takes the transport, protocol and negotiated compression from the
+    # response's writer; ``_writable`` reads the response's close state.
+    assert parameters(WebSocketWriter.__init__)[:3] == ["self", "protocol", "transport"]
+    writer_source = inspect.getsource(WebSocketWriter.__init__)
+    for attribute in ("self.protocol =", "self.transport =", "self.compress ="):
+        assert attribute in writer_source, f"patch 9: WebSocketWriter {attribute!r} gone"
+    response = web.WebSocketResponse()
+    assert response._writer is None and response._closed is False and response._closing is False
+    # Backpressure: the protocol's pause flag and its drain wait.
+    assert {"_paused", "_drain_waiter", "transport"} <= set(BaseProtocol.__slots__)
+    assert inspect.iscoroutinefunction(BaseProtocol._drain_helper)
+
+
+def test_patch_9_relies_on_unchanged_engineio_receive_close_and_packet_encoding() -> None:
+    pinned = {
+        # The pong branch is what lean_websocket_handler does for "3" without decoding it.
+        engine_socket.AsyncSocket.receive: "a91ae36ec2fb5340",
+        # Close queues a CLOSE packet and sets ``closed``, no closing marker: the batch's write
+        # starts the task that closes the websocket when it sees the socket closed.
+        engine_socket.AsyncSocket.close: "faa2e93902543244",
+        # The encoded packet is cached: a FramePacket's frame is its encoding.
+        engine_packet.Packet.encode: "8f3d5d869711cbb8",
+    }
+    for method, digest in pinned.items():
+        assert source_hash(method) == digest, f"patch 9: {method.__qualname__} changed"
+    assert parameters(engine_packet.Packet.__init__) == [
+        "self",
+        "packet_type",
+        "data",
+        "encoded_packet",
+    ]
+    assert str(engine_packet.PONG) == patches.PONG
+    ping = patches.PING_PACKET
+    assert ping.encode() == "2" and ping.encode(b64=True) == "2" and not ping.binary
+    message = patches.FramePacket(engine_packet.MESSAGE, '2["message",{"body":"é"}]')
+    assert message.encode() == '42["message",{"body":"é"}]'
+    assert message.frame == patches._frame(message.encode())

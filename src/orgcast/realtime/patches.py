@@ -608,6 +608,22 @@ async def _write_queued(queue: LeanQueue, ws: Any) -> bool:
     return True
 
 
+# What is read from a websocket's WSGI environ once the websocket is open: python-socketio hands
+# it to each namespace connect (handlers.py reads the request and the origin).
+ENVIRON_KEPT = ("aiohttp.request", "HTTP_ORIGIN", "REQUEST_METHOD", "QUERY_STRING", "REMOTE_ADDR")
+
+
+def trim_environ(environ: dict[str, Any] | None) -> None:
+    """Shrink the engine's environ of an open websocket to ``ENVIRON_KEPT``, in place (the
+    engine's request frames and python-socketio's ``environ`` table share the one dict): its
+    ~30 keys, most of them ``HTTP_*`` strings made per request, cost ~1 KB per socket."""
+    if not environ:
+        return
+    kept = {key: environ[key] for key in ENVIRON_KEPT if key in environ}
+    environ.clear()
+    environ.update(kept)
+
+
 async def lean_websocket_handler(socket: Any, ws: Any) -> None:
     """``AsyncSocket._websocket_handler`` for a websocket opened directly, reading in the calling
     task (python-engineio starts a task and a ``wait_for`` per read). Same outcomes: any read
@@ -619,6 +635,7 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
     server = socket.server
     socket.connected = True
     socket.upgraded = True
+    trim_environ(getattr(ws, "environ", None))
     queue: LeanQueue = socket.queue
     queue.attach(socket, ws, getattr(server, "orgcast_batch", None))
     limit = server.max_http_buffer_size
