@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -206,3 +207,63 @@ async def test_closing_marker_closes_the_websocket_and_later_packets_are_dropped
     queue.put_nowait(Packet("after close"))
     await asyncio.wait_for(queue.join(), WITHIN)  # nothing waits on a closed websocket
     assert ws.sent == ["last"]
+
+
+class PingedSocket:
+    """What the service task reads of an engine socket; records the ping check."""
+
+    def __init__(self, last_ping: float | None, closed: bool = False) -> None:
+        self.last_ping = last_ping
+        self.closed = closed
+        self.closing = closed
+        self.checked = 0
+        self.queue = LeanQueue()
+
+    async def check_ping_timeout(self) -> bool:
+        self.checked += 1
+        return True
+
+
+async def test_the_service_task_checks_only_pings_still_unanswered_between_full_sweeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import engineio
+    import socketio
+
+    from orgcast.realtime import patches
+
+    monkeypatch.setattr(patches, "SERVICE_SWEEP_SECONDS", 0.01)
+    monkeypatch.setattr(patches, "FULL_SWEEP_EVERY", 1_000_000)  # one full sweep, the first
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    patches.install_lean_sockets(sio)
+    eio: engineio.AsyncServer = sio.eio
+    long_ago = time.time() - eio.ping_timeout - 5
+    unanswered, answered, unfiled = (
+        PingedSocket(long_ago),
+        PingedSocket(None),
+        PingedSocket(long_ago),
+    )
+    closed = PingedSocket(None, closed=True)
+    eio.sockets.update({"closed": closed, "unanswered": unanswered, "answered": answered})
+    task = asyncio.ensure_future(eio._service_task())
+    try:
+        await eventually_true(lambda: "closed" not in eio.sockets)  # the full sweep drops it
+        unanswered.checked = 0  # the full sweep saw its old ping too
+        eio.sockets["unfiled"] = unfiled  # an old ping not sent by the wheel: full sweeps only
+        wheel = eio.orgcast_pings
+        wheel.pinged.extend([(long_ago, unanswered), (long_ago, answered)])
+        await eventually_true(lambda: not wheel.pinged)
+        assert unanswered.checked == 1 and answered.checked == 0 and unfiled.checked == 0
+    finally:
+        eio.service_task_event.set()
+        await asyncio.wait_for(task, WITHIN)
+        patches.stop_pings(sio)
+
+
+async def eventually_true(predicate: Any) -> None:
+    async def holds() -> bool:
+        return bool(predicate())
+
+    await eventually(holds, within=WITHIN)
