@@ -56,7 +56,8 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    own task instead of a task plus ``wait_for`` per read; its packets are written by a task
    started on demand (``LeanQueue.attach``), so an idle websocket has no writer task. The
    engine's service task (ping timeouts) sweeps once a second instead of a ``wait_for`` per
-   socket: the pings still unanswered (``PingWheel.pinged``), and every socket every 10th sweep. Memory per idle joined websocket at 5,000 sockets: 31.4 -> 21.9 KiB
+   socket: the pings still unanswered (``PingWheel.pinged``), and every socket every 10th sweep.
+   Memory per idle joined websocket at 5,000 sockets: 31.4 -> 21.9 KiB
    (benchmarks/RESULTS.md, "Memory per idle joined websocket").
 9. Frames written to the transport (``LeanQueue.attach`` with the server's ``WriteBatch``, for an
    uncompressed aiohttp websocket opened directly): a broadcast's packet is a ``FramePacket``
