@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, insert, or_, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -370,13 +370,17 @@ async def _find_by_client_ids(
     return (await session.execute(query)).all()
 
 
+# Built once: constructing the expression per call (two comparisons, a select) cost more CPU
+# than running it, and every join, replay, history page and gap read starts with it.
+_ROOM_STATE = select(Room.id, Room.last_seq).where(
+    Room.tenant_id == bindparam("tenant_id"), Room.name == bindparam("room")
+)
+
+
 async def room_state(session: AsyncSession, tenant_id: int, room: str) -> tuple[int, int] | None:
     """(room id, last_seq), or None for a room nothing was ever stored in."""
-    row = (
-        await session.execute(
-            select(Room.id, Room.last_seq).where(Room.tenant_id == tenant_id, Room.name == room)
-        )
-    ).first()
+    result = await session.execute(_ROOM_STATE, {"tenant_id": tenant_id, "room": room})
+    row = result.first()
     return None if row is None else (row[0], row[1])
 
 
