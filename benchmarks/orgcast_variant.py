@@ -22,7 +22,8 @@ compares them).
 entry), to measure what it costs.
 ``ORGCAST_BENCH_JOIN=before`` restores the join of before round 3: its seq always read from the
 database by a query built per call, its member list copied and handed to the library as a list
-of dicts.
+of dicts. ``ORGCAST_BENCH_WRITER=session`` stores the writer's batches through a session per batch
+(a pool checkout each), as before the writer kept a connection of its own.
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -210,6 +211,10 @@ def main() -> int:
         _no_access_index()
     if os.environ.get("ORGCAST_BENCH_JOIN") == "before":
         _join_before()
+    if os.environ.get("ORGCAST_BENCH_WRITER") == "session":
+        from orgcast.services.messages import MessageService
+
+        MessageService.hold_connection = False
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])
