@@ -24,6 +24,8 @@ entry), to measure what it costs.
 database by a query built per call, its member list copied and handed to the library as a list
 of dicts. ``ORGCAST_BENCH_WRITER=session`` stores the writer's batches through a session per batch
 (a pool checkout each), as before the writer kept a connection of its own.
+``ORGCAST_BENCH_GC=off`` disables the cyclic garbage collector (reference counting still frees
+most objects): to see what collections of a heap that grows with the sockets cost.
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -211,6 +213,10 @@ def main() -> int:
         _no_access_index()
     if os.environ.get("ORGCAST_BENCH_JOIN") == "before":
         _join_before()
+    if os.environ.get("ORGCAST_BENCH_GC") == "off":
+        import gc
+
+        gc.disable()
     if os.environ.get("ORGCAST_BENCH_WRITER") == "session":
         from orgcast.services.messages import MessageService
 
