@@ -20,6 +20,12 @@ also one that found the writer idle, waits up to ``batch_max_delay_ms`` (set it,
 compares them).
 ``ORGCAST_BENCH_EXPIRY=off`` leaves sockets out of access control (no expiry entry, no index
 entry), to measure what it costs.
+``ORGCAST_BENCH_JOIN=before`` restores the join of before round 3: its seq always read from the
+database by a query built per call, its member list copied and handed to the library as a list
+of dicts. ``ORGCAST_BENCH_WRITER=session`` stores the writer's batches through a session per batch
+(a pool checkout each), as before the writer kept a connection of its own.
+``ORGCAST_BENCH_GC=off`` disables the cyclic garbage collector (reference counting still frees
+most objects): to see what collections of a heap that grows with the sockets cost.
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -153,6 +159,35 @@ def _no_access_index() -> None:
     AccessControl.on_disconnected = nothing  # type: ignore[method-assign]
 
 
+def _join_before() -> None:
+    from orgcast.realtime import handlers
+    from orgcast.services.ordering import OrderedDelivery
+    from orgcast.services.presence import LocalPresence
+    from orgcast.store import messages as store
+
+    def unknown(self: Any, tenant: str, room: str) -> None:
+        return None
+
+    members = LocalPresence.members
+
+    async def copies(self: Any, tenant: str, room: str) -> list[dict[str, str]]:
+        return [dict(member) for member in await members(self, tenant, room)]
+
+    async def room_state(session: Any, tenant_id: int, room: str) -> tuple[int, int] | None:
+        from sqlalchemy import select
+
+        from orgcast.store.models import Room
+
+        query = select(Room.id, Room.last_seq).where(Room.tenant_id == tenant_id, Room.name == room)
+        row = (await session.execute(query)).first()
+        return None if row is None else (row[0], row[1])
+
+    store.room_state = room_state
+    OrderedDelivery.last_seq = unknown  # type: ignore[method-assign,assignment]
+    LocalPresence.members = copies  # type: ignore[method-assign]
+    handlers.members_json = lambda members: members
+
+
 def main() -> int:
     if os.environ.get("ORGCAST_BENCH_SOCKETS") == "library":
         from orgcast.realtime import patches as lean
@@ -176,6 +211,16 @@ def main() -> int:
         _unordered()
     if os.environ.get("ORGCAST_BENCH_EXPIRY") == "off":
         _no_access_index()
+    if os.environ.get("ORGCAST_BENCH_JOIN") == "before":
+        _join_before()
+    if os.environ.get("ORGCAST_BENCH_GC") == "off":
+        import gc
+
+        gc.disable()
+    if os.environ.get("ORGCAST_BENCH_WRITER") == "session":
+        from orgcast.services.messages import MessageService
+
+        MessageService.hold_connection = False
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])

@@ -282,6 +282,40 @@ async def test_database_refusing_connections_gives_unavailable_acks_then_seq_res
     assert [m["seq"] for m in rejoin["missed"]] == [1, 2, 3, 4, 5, 6]
 
 
+async def test_the_writer_losing_its_connection_fails_at_most_the_batch_in_flight(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """The writer keeps one connection for its statements: when the server ends it (the
+    database itself stays up), the next batch answers ``unavailable`` or is stored on a fresh
+    connection, and seq goes on without a gap."""
+    name = make_url(pg_database).database
+    admin = await asyncpg.connect(
+        make_url(pg_admin_url()).set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+        async with start_server(node_settings(pg_database, tmp_path)) as node:
+            tenant = await node.create_tenant()
+            client = await node.connect(tenant.slug, await node.token(tenant.slug))
+            await join(client, tenant.slug, "ops")
+            before = [await send(client, tenant.slug, "ops", n) for n in range(3)]
+            ended = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+                name,
+            )
+            after = [await send(client, tenant.slug, "ops", f"after {n}") for n in range(4)]
+            rejoin = await join(client, tenant.slug, "ops", since=0)
+    finally:
+        await admin.close()
+
+    assert [a["seq"] for a in before] == [1, 2, 3]
+    assert ended >= 1
+    failed = [a for a in after if not a["ok"]]
+    assert len(failed) <= 1 and all(a["error"]["code"] == "unavailable" for a in failed), after
+    stored = [a["seq"] for a in after if a["ok"]]
+    assert stored == list(range(4, 4 + len(stored))) and len(stored) >= 3, after
+    assert [m["seq"] for m in rejoin["missed"]] == list(range(1, 4 + len(stored)))
+
+
 # -- separate processes ---------------------------------------------------------------------------
 
 

@@ -3,7 +3,12 @@ order, and a socket never gets a seq twice."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
 
 from orgcast.services.messages import NewMessage
 from orgcast.settings import MessagesSettings
@@ -74,6 +79,68 @@ async def test_a_join_after_messages_gets_live_only_what_follows_its_ack_seq(
 
     assert joined["seq"] == 3 and [m["seq"] for m in joined["missed"]] == [2, 3]
     assert (await inbox.get())["seq"] == 4
+    await inbox.expect_nothing()
+
+
+@contextlib.contextmanager
+def room_reads(server: Server) -> Iterator[list[str]]:
+    """The statements that read a room's seq (``store.room_state``) while the block runs."""
+    engine = server.app[SERVICES].health._engine.sync_engine
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT ROOMS.ID, ROOMS.LAST_SEQ"):
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_a_join_to_a_room_the_node_delivers_to_reports_its_seq_without_a_database_read(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    with room_reads(server) as first:
+        assert (await alice.call("join", {"room": "r"}, namespace=ns))["seq"] == 0
+    assert len(first) == 1  # nobody here was in the room: its seq comes from the database
+    for n in range(3):
+        await alice.call("message", {"room": "r", "body": n}, namespace=ns)
+    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+    inbox = Inbox(bob, "message", ns)
+
+    with room_reads(server) as second:
+        joined = await bob.call("join", {"room": "r"}, namespace=ns)
+    await alice.call("message", {"room": "r", "body": 3}, namespace=ns)
+
+    assert second == []
+    assert joined["seq"] == 3 and "missed" not in joined
+    assert (await inbox.get())["seq"] == 4
+    await inbox.expect_nothing()
+
+
+async def test_a_join_reporting_the_nodes_seq_gets_a_message_stored_but_not_yet_delivered_live(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    assert (await alice.call("join", {"room": "r"}, namespace=ns))["ok"]
+    lost = await _store_without_broadcast(server, tenant.slug, "r", '"lost"')
+    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+    inbox = Inbox(bob, "message", ns)
+
+    joined = await bob.call("join", {"room": "r"}, namespace=ns)
+    ack = await alice.call("message", {"room": "r", "body": "next"}, namespace=ns)
+
+    # The ack reports what this node delivered (nothing yet); the stored message is above it,
+    # so it reaches bob live, repaired from the database before the next one.
+    assert joined["seq"] == lost - 1
+    assert [(await inbox.get())["seq"] for _ in range(2)] == [lost, ack["seq"]]
     await inbox.expect_nothing()
 
 

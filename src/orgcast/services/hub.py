@@ -23,7 +23,9 @@ Ordering: ``send`` hands the message to the writer before it first suspends, so 
 socket are stored in the order they arrived. Stored messages reach this node's sockets through
 ``OrderedDelivery`` (services/ordering.py): in seq order, each once per socket, whichever node
 stored them; a sender is answered once its message went out here. ``join`` enters the room before
-it reads the log; what the room receives meanwhile follows the ack, above the ack's ``seq``.
+it reads the log; what the room receives meanwhile follows the ack, above the ack's ``seq``. A
+join without ``since`` to a room this node already delivers to reports the last seq delivered
+here instead of reading it from the database (``OrderedDelivery.last_seq``).
 """
 
 from __future__ import annotations
@@ -323,7 +325,12 @@ class Hub:
                     await listener.on_member_joined(conn.slug, room, member)
         members = await self.presence.members(conn.slug, room)
         if since is None:
-            return Joined(room, members, await self._messages.room_seq(conn.tenant_id, room))
+            # A room this node already delivers to knows its seq: no database read. The socket
+            # is still joining, so what the room receives after this read follows the ack.
+            seq = self.ordering.last_seq(conn.slug, room)
+            if seq is None:
+                seq = await self._messages.room_seq(conn.tenant_id, room)
+            return Joined(room, members, seq)
         replay = await self._messages.replay(
             conn.tenant_id, room, since, self._settings.messages.replay_page, decode
         )

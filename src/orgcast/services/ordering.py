@@ -280,6 +280,17 @@ class OrderedDelivery:
                 state.floors = {}
             state.floors[sid] = floor
 
+    def last_seq(self, tenant: str, room: str) -> int | None:
+        """The last seq this node delivered to ``room``, or None when it does not know (no
+        socket here is in the room, or none has finished joining it). A join may report it as
+        the room's seq instead of reading the database: every later message reaches the joining
+        socket live, in seq order, once its ack is queued (a message stored but not yet
+        delivered here is above it, so it follows the ack)."""
+        state = self._rooms.get((tenant, room))
+        if state is None or state.last == UNKNOWN:
+            return None
+        return state.last
+
     def left(self, tenant: str, room: str, sid: str) -> None:
         """The socket left the room (or disconnected); the last one takes the room's state."""
         state = self._rooms.get((tenant, room))

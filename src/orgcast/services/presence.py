@@ -63,8 +63,10 @@ class LocalPresence:
         return True
 
     async def members(self, tenant: str, room: str) -> list[dict[str, str]]:
+        # The stored member dicts themselves (callers only read them): a join's ack lists the
+        # room's members, so a copy each would cost every join in proportion to the room.
         users = self._rooms.get(tenant, {}).get(room, {})
-        return [dict(member) for member, _ in users.values()]
+        return [member for member, _ in users.values()]
 
     async def present(self, tenant: str, room: str, user_id: str) -> bool:
         return user_id in self._rooms.get(tenant, {}).get(room, {})

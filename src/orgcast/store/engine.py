@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -22,12 +24,17 @@ from ..settings import Settings
 Sessions = async_sessionmaker[AsyncSession]
 
 # What a database that is down or unreachable raises; the edges turn these into `unavailable`.
+# The asyncpg errors come from work done on the driver's connection itself (the message writer's),
+# which the session layer would have wrapped in ``DBAPIError``.
 DB_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
     InterfaceError,
     PoolTimeout,
     OSError,
     TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # e.g. a statement on a connection the server ended
 )
 
 
@@ -88,3 +95,37 @@ def create_autocommit_sessions(engine: AsyncEngine) -> Sessions:
     return async_sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
+
+
+async def hold_driver_connection(sessions: Sessions) -> tuple[AsyncConnection, Any]:
+    """A connection of the sessions' pool, taken out until ``drop_driver_connection``, and the
+    driver's own connection under it (asyncpg's, on PostgreSQL): for one task that runs the
+    same statement all the time and needs none of the session machinery.
+
+    The connection is pinged through the engine first (one round trip, once per hold): a pool
+    whose connections the server ended (a restart) is then renewed by the engine as on any
+    statement, instead of handing out its dead connections one failed batch at a time."""
+    engine = sessions.kw["bind"]
+    for attempt in (1, 2):
+        connection = await engine.connect()
+        try:
+            await connection.exec_driver_sql("SELECT 1")
+            raw = await connection.get_raw_connection()
+            return connection, raw.driver_connection
+        except DBAPIError as exc:
+            await connection.close()
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+        except BaseException:
+            await connection.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+async def drop_driver_connection(connection: AsyncConnection) -> None:
+    """Give up a held connection: it is closed, not returned to the pool, since a statement may
+    have failed or been cancelled on it."""
+    try:
+        await connection.invalidate()
+    finally:
+        await connection.close()

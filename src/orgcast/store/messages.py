@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select, text
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, insert, or_, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +43,7 @@ __all__ = [
     "room_state",
     "rooms_last_seq",
     "write_batch",
+    "write_batch_driver",
 ]
 
 
@@ -256,14 +257,44 @@ SELECT id, seq FROM inserted
 )
 
 
-async def _insert_postgresql(
-    session: AsyncSession,
-    batch: Sequence[NewMessage],
-    fresh: list[int],
-    now: int,
-    hooks: Hooks | None,
+# The same statements for the driver itself, with numbered parameters in this order.
+_PARAMS = ("ids", "tenant_ids", "rooms", "ordinals", "counts", "sender_ids", "sender_names",
+           "client_ids", "bodies", "now", "hooked", "generation")  # fmt: skip
+
+
+def _numbered(sql: str) -> str:
+    # Longest names first, so that no name is replaced inside a longer one.
+    for name in sorted(_PARAMS, key=len, reverse=True):
+        sql = sql.replace(f":{name}", f"${_PARAMS.index(name) + 1}")
+    return sql
+
+
+_DRIVER_INSERT_BATCH = _numbered(_INSERT_BATCH.text)
+_DRIVER_INSERT_BATCH_WITH_EVENTS = _numbered(_INSERT_BATCH_WITH_EVENTS.text)
+
+
+async def write_batch_driver(
+    connection: Any, batch: Sequence[NewMessage], hooks: Hooks | None = None
 ) -> list[StoredRow]:
-    """Store ``batch[i]`` for each ``i`` in ``fresh`` in one statement; rows in that order."""
+    """``write_batch`` for a batch without client ids, on PostgreSQL, through the asyncpg
+    connection itself: the same one statement, without the session, pool checkout and result
+    machinery around it (most of a lone message's commit time)."""
+    now = int(time.time() * 1000)
+    statement, params, ids = _batch_statement(batch, range(len(batch)), now, hooks)
+    sql = _DRIVER_INSERT_BATCH if statement is _INSERT_BATCH else _DRIVER_INSERT_BATCH_WITH_EVENTS
+    args = [params[name] for name in _PARAMS if name in params]
+    seqs: dict[str, int] = {row[0]: row[1] for row in await connection.fetch(sql, *args)}
+    return [
+        StoredRow(id_, m.room, seqs[id_], now, m.sender_id, m.sender_name, m.body, m.client_id)
+        for id_, m in zip(ids, batch, strict=True)
+    ]
+
+
+def _batch_statement(
+    batch: Sequence[NewMessage], fresh: Sequence[int], now: int, hooks: Hooks | None
+) -> tuple[Any, dict[str, Any], list[str]]:
+    """The one statement storing ``batch[i]`` for each ``i`` in ``fresh``, its parameters and
+    the new message ids (in ``fresh`` order)."""
     counts: dict[tuple[int, str], int] = defaultdict(int)
     ordinals = []
     for i in fresh:
@@ -292,6 +323,19 @@ async def _insert_postgresql(
         # Rows are written for these tenants, or for any if the generation moved: the caller
         # only needs to know whether to wake the worker, so a stale cache counts as written.
         hooks.written = bool(hooked) or hooks.generation < 0
+    return statement, params, ids
+
+
+async def _insert_postgresql(
+    session: AsyncSession,
+    batch: Sequence[NewMessage],
+    fresh: list[int],
+    now: int,
+    hooks: Hooks | None,
+) -> list[StoredRow]:
+    """Store ``batch[i]`` for each ``i`` in ``fresh`` in one statement; rows in that order."""
+    statement, params, ids = _batch_statement(batch, fresh, now, hooks)
+    messages = [batch[i] for i in fresh]
     seqs: dict[str, int] = {row[0]: row[1] for row in await session.execute(statement, params)}
     return [
         StoredRow(id_, m.room, seqs[id_], now, m.sender_id, m.sender_name, m.body, m.client_id)
@@ -370,13 +414,17 @@ async def _find_by_client_ids(
     return (await session.execute(query)).all()
 
 
+# Built once: constructing the expression per call (two comparisons, a select) cost more CPU
+# than running it, and every join, replay, history page and gap read starts with it.
+_ROOM_STATE = select(Room.id, Room.last_seq).where(
+    Room.tenant_id == bindparam("tenant_id"), Room.name == bindparam("room")
+)
+
+
 async def room_state(session: AsyncSession, tenant_id: int, room: str) -> tuple[int, int] | None:
     """(room id, last_seq), or None for a room nothing was ever stored in."""
-    row = (
-        await session.execute(
-            select(Room.id, Room.last_seq).where(Room.tenant_id == tenant_id, Room.name == room)
-        )
-    ).first()
+    result = await session.execute(_ROOM_STATE, {"tenant_id": tenant_id, "room": room})
+    row = result.first()
     return None if row is None else (row[0], row[1])
 
 
