@@ -17,13 +17,17 @@ every socket of a subscribed tenant joins), a room's first member. Two rules mak
   leave emits one ``member.left`` (and ``user.offline``, ``room.vacated`` when they apply).
 
 Events are written to the outbox when decided; only tenants with an endpoint subscribed to the
-type pay anything. Sockets that connected before an endpoint subscribed to ``user.*`` are not
-tracked for it: their user's online state starts at their next connect.
+type pay anything. A decided event whose write fails because the database is unavailable is kept
+in memory (at most ``PENDING_MAX``, oldest dropped first, with a warning) and written, in order and
+under its first event id, once the database answers again; a node that stops or dies first loses
+what it kept (logged at shutdown). Sockets that connected before an endpoint subscribed to
+``user.*`` are not tracked for it: their user's online state starts at their next connect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import json
@@ -32,7 +36,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..logs import Repeated
 from ..store.engine import DB_ERRORS
+from ..store.webhooks import new_id
 from .hub import Connection, HubListener
 from .presence import HIDDEN_ROOM_PREFIX, Presence
 from .webhooks import WebhookService
@@ -43,6 +49,10 @@ ONLINE_ROOM = HIDDEN_ROOM_PREFIX + "online"
 MEMBER_TYPES = ("member.joined", "member.left", "room.occupied", "room.vacated")
 USER_TYPES = ("user.online", "user.offline")
 Member = dict[str, str]
+# Decided events kept while the database is unavailable, at most.
+PENDING_MAX = 10_000
+# (tenant id, type, data, event id)
+Pending = tuple[int, str, dict[str, Any], str]
 
 
 class Announcements(Protocol):
@@ -138,6 +148,8 @@ class PresenceWebhooks(HubListener):
         self._grace_ms = int(grace_seconds * 1000)
         self._tracked: set[tuple[str, str]] = set()  # (slug, sid) in the hidden online room
         self._stopping = asyncio.Event()
+        self._pending: collections.deque[Pending] = collections.deque()
+        self._unavailable = Repeated(log, interval=10.0)
 
     async def _wants(self, slug: str, types: tuple[str, ...]) -> int | None:
         tenant_id = await self._tenant_id(slug)
@@ -146,10 +158,33 @@ class PresenceWebhooks(HubListener):
         return tenant_id
 
     async def _record(self, tenant_id: int, event_type: str, data: dict[str, Any]) -> None:
-        try:
-            await self._webhooks.record(tenant_id, event_type, data)
-        except DB_ERRORS:
-            log.warning("webhooks: %s not recorded: database unavailable", event_type)
+        event: Pending = (tenant_id, event_type, data, new_id("evt_", _now_ms()))
+        if not self._pending:
+            try:
+                await self._webhooks.record(*event[:3], event_id=event[3])
+                return
+            except DB_ERRORS:
+                pass
+        # Behind what is already kept, so events keep their order.
+        if len(self._pending) >= PENDING_MAX:
+            dropped = self._pending.popleft()
+            log.warning("webhooks: %s dropped: %d events kept while the database is unavailable",
+                        dropped[1], PENDING_MAX)  # fmt: skip
+        self._pending.append(event)
+        self._unavailable.warning(
+            "webhooks: database unavailable; %d presence events kept to retry", len(self._pending)
+        )
+
+    async def flush(self) -> int:
+        """Write the kept events, oldest first, until one fails; returns how many are left."""
+        while self._pending:
+            tenant_id, event_type, data, event_id = self._pending[0]
+            try:
+                await self._webhooks.record(tenant_id, event_type, data, event_id=event_id)
+            except DB_ERRORS:
+                return len(self._pending)
+            self._pending.popleft()
+        return 0
 
     async def _later(self, item: dict[str, Any]) -> None:
         await self._announced.schedule(_now_ms() + self._grace_ms, json.dumps(item))
@@ -206,6 +241,10 @@ class PresenceWebhooks(HubListener):
         interval = max(0.05, min(0.5, self._grace_ms / 4000))
         while not self._stopping.is_set():
             try:
+                await self.flush()
+            except Exception:
+                log.exception("webhooks: kept presence events not written")
+            try:
                 due = await self._announced.due(_now_ms())
             except Exception:
                 log.warning("webhooks: presence checks unreadable; retrying")
@@ -215,11 +254,19 @@ class PresenceWebhooks(HubListener):
                     await self.decide(json.loads(item))
                 except asyncio.CancelledError:
                     raise
+                except DB_ERRORS:
+                    # Not decided (the tenant could not be looked up): look again in a second.
+                    with contextlib.suppress(Exception):
+                        await self._announced.schedule(_now_ms() + 1000, item)
+                    self._unavailable.warning("webhooks: presence check waits for the database")
                 except Exception:
                     log.exception("webhooks: presence check %s failed", item)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._stopping.wait()
+        if self._pending:
+            log.warning("webhooks: %d presence events lost: the database was unavailable until "
+                        "this node stopped", len(self._pending))  # fmt: skip
 
     def stop(self) -> None:
         """Leave the loop after the check under way (not inside its transaction)."""

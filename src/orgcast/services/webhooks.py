@@ -399,13 +399,16 @@ class WebhookService:
 
     # -- events decided outside the message path ------------------------------------------------
 
-    async def record(self, tenant_id: int, event_type: str, data: dict[str, Any]) -> int:
+    async def record(
+        self, tenant_id: int, event_type: str, data: dict[str, Any], event_id: str | None = None
+    ) -> int:
         """Write one event to the outbox of every endpoint of the tenant that takes it; returns
-        how many rows were written."""
+        how many rows were written. A retry passes the ``event_id`` of its first try, so a write
+        that did commit before its connection failed is delivered twice under one id."""
         if tenant_id not in self.event_tenants:
             return 0
         now = now_ms()
-        event_id = store.new_id("evt_", now)
+        event_id = event_id or store.new_id("evt_", now)
         encoded = orjson.dumps(data).decode()
         async with self.sessions.begin() as session:
             targets = await store.subscribed(session, [tenant_id], event_type)
