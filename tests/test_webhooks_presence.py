@@ -206,3 +206,20 @@ async def test_a_leave_decided_while_the_database_is_down_is_delivered_once_it_i
         events = target.events()
         assert collections.Counter(e["type"] for e in events) == {t: 1 for t in PRESENCE}
         assert len({e["id"] for e in events}) == 6
+
+
+async def test_users_already_connected_when_an_endpoint_subscribes_are_announced_and_leave(
+    database_url: str, tmp_path: Path, target: Receiver
+) -> None:
+    async with start_server(node_settings(database_url, tmp_path, webhooks=FAST)) as node:
+        tenant = await node.create_tenant()
+        token = await node.token(tenant.slug, "ada", name="Ada")
+        client = await joined(node, tenant.slug, token)
+        await add_endpoint(node, tenant, target.url, PRESENCE)
+        await wait_for(target, 1)
+        ada = {"id": "ada", "name": "Ada"}
+        assert [(e["type"], e["data"]) for e in target.events()] == [("user.online", {"user": ada})]
+        await client.disconnect()
+        await wait_for(target, 2)
+        # She was in "lobby" before the subscription: member and room events start at a join.
+        assert kinds(target) == ["user.online", "user.offline"]

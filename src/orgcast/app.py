@@ -150,6 +150,8 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         app[PRESENCE_WEBHOOKS] = _presence_webhooks(settings, webhooks, directory, hub, redis)
         access = AccessControl(control, directory, realtime, settings.auth.refresh_window_seconds)
         hub.add_listener(access)
+        app[PRESENCE_WEBHOOKS].connections = access.connections
+        app[PRESENCE_WEBHOOKS].live = access.live
         services = Services(
             settings=settings,
             admin_token=token,

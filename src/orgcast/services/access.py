@@ -119,6 +119,13 @@ class AccessControl(HubListener):
     def sockets(self, slug: str) -> list[Connection]:
         return list(self._live.get(slug, {}).values())
 
+    def connections(self) -> list[Connection]:
+        """Every admitted socket of this node."""
+        return [conn for sockets in self._live.values() for conn in sockets.values()]
+
+    def live(self, conn: Connection) -> bool:
+        return self._live.get(conn.slug, {}).get(conn.sid) is conn
+
     async def _close_where(
         self, slug: str, match: Callable[[Principal], bool], reason: Closing
     ) -> int:

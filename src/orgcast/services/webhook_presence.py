@@ -17,11 +17,13 @@ every socket of a subscribed tenant joins), a room's first member. Two rules mak
   leave emits one ``member.left`` (and ``user.offline``, ``room.vacated`` when they apply).
 
 Events are written to the outbox when decided; only tenants with an endpoint subscribed to the
-type pay anything. A decided event whose write fails because the database is unavailable is kept
-in memory (at most ``PENDING_MAX``, oldest dropped first, with a warning) and written, in order and
-under its first event id, once the database answers again; a node that stops or dies first loses
-what it kept (logged at shutdown). Sockets that connected before an endpoint subscribed to
-``user.*`` are not tracked for it: their user's online state starts at their next connect.
+type pay anything. When a tenant's endpoint starts taking ``user.*``, each node adopts the sockets
+of that tenant it already holds (at the next refresh of the subscriptions, within the tenant
+watcher's interval): their users are announced online then, and offline when they leave. A
+decided event whose write fails because the database is unavailable is kept in memory (at most
+``PENDING_MAX``, oldest dropped first, with a warning) and written, in order and under its first
+event id, once the database answers again; a node that stops or dies first loses what it kept
+(logged at shutdown).
 """
 
 from __future__ import annotations
@@ -150,6 +152,13 @@ class PresenceWebhooks(HubListener):
         self._stopping = asyncio.Event()
         self._pending: collections.deque[Pending] = collections.deque()
         self._unavailable = Repeated(log, interval=10.0)
+        # This node's admitted sockets, and whether one still is (set by the app: access control
+        # keeps that index); tenants whose user.* subscription was seen at the last refresh.
+        self.connections: Callable[[], list[Connection]] = list
+        self.live: Callable[[Connection], bool] = lambda conn: False
+        self._user_tenants: frozenset[int] = frozenset()
+        self._adopting: asyncio.Task[None] | None = None
+        webhooks.on_refreshed(self._subscriptions_changed)
 
     async def _wants(self, slug: str, types: tuple[str, ...]) -> int | None:
         tenant_id = await self._tenant_id(slug)
@@ -188,6 +197,32 @@ class PresenceWebhooks(HubListener):
 
     async def _later(self, item: dict[str, Any]) -> None:
         await self._announced.schedule(_now_ms() + self._grace_ms, json.dumps(item))
+
+    # -- sockets that were here before the subscription ----------------------------------------
+
+    def _subscriptions_changed(self) -> None:
+        before = self._user_tenants
+        wanting = frozenset(t for t in self._webhooks.event_tenants
+                            if self._webhooks.wants(t, USER_TYPES))  # fmt: skip
+        self._user_tenants = wanting
+        if wanting - before and self._adopting is None:
+            self._adopting = asyncio.ensure_future(self._adopt())
+
+    async def _adopt(self) -> None:
+        """Track the sockets of newly subscribed tenants as if they had just been admitted."""
+        try:
+            for conn in self.connections():
+                if conn.tenant_id not in self._user_tenants:
+                    continue
+                if (conn.slug, conn.sid) in self._tracked:
+                    continue
+                await self.on_admitted(conn)
+                if not self.live(conn):  # it left while being adopted: its departure was missed
+                    await self.on_disconnected(conn)
+        except Exception:
+            log.exception("webhooks: sockets already connected not adopted for user.*")
+        finally:
+            self._adopting = None
 
     # -- hub hooks ------------------------------------------------------------------------------
 

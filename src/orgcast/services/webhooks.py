@@ -31,7 +31,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -238,6 +238,7 @@ class WebhookService:
         self.event_tenants: frozenset[int] = frozenset()  # any enabled endpoint
         self._types: dict[int, frozenset[str]] = {}
         self._wake: list[Any] = []
+        self._refreshed: list[Callable[[], None]] = []
         control.subscribe(self._on_change)
 
     def wants(self, tenant_id: int, types: Iterable[str]) -> bool:
@@ -248,6 +249,11 @@ class WebhookService:
     # The worker registers here to hear of new outbox rows written by this node.
     def on_written(self, callback: Any) -> None:
         self._wake.append(callback)
+
+    # Told after every refresh of the cached subscriptions (presence webhooks adopt the sockets
+    # of a tenant that has just subscribed to user.*).
+    def on_refreshed(self, callback: Callable[[], None]) -> None:
+        self._refreshed.append(callback)
 
     def written(self) -> None:
         for callback in self._wake:
@@ -266,6 +272,8 @@ class WebhookService:
         self.message_tenants = frozenset(
             t for t, events in rows if store.subscribes(events, MESSAGE_CREATED)
         )
+        for callback in self._refreshed:
+            callback()
 
     async def _on_change(self, slug: str) -> None:
         try:
