@@ -26,11 +26,18 @@ of dicts. ``ORGCAST_BENCH_WRITER=session`` stores the writer's batches through a
 (a pool checkout each), as before the writer kept a connection of its own.
 ``ORGCAST_BENCH_GC=off`` disables the cyclic garbage collector (reference counting still frees
 most objects): to see what collections of a heap that grows with the sockets cost.
+``ORGCAST_BENCH_WORKER=off`` starts no webhook delivery worker (outbox rows are still written):
+what delivering costs the node, apart from writing the outbox.
+``ORGCAST_BENCH_GC=library`` leaves Python's garbage collector as it is (no freeze after startup,
+youngest threshold 700; the same as ``ORGCAST_SERVER__GC_YOUNG_THRESHOLD=0``).
+``ORGCAST_BENCH_GCLOG=FILE`` appends a line per collection of generation 1 or 2 (generation,
+pause in ms, Unix time) to FILE.
 Without any switch this is exactly ``orgcast``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -188,6 +195,26 @@ def _join_before() -> None:
     handlers.members_json = lambda members: members
 
 
+def _gc_log(path: str) -> None:
+    """Append one line per collection of generation 1 or 2: generation, pause ms, time."""
+    import gc
+    import time
+
+    out = open(path, "a", buffering=1)  # open for the life of the process
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 0:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pause = (time.perf_counter() - started[0]) * 1000
+            out.write(f"{info['generation']} {pause:.2f} {time.time():.3f}\n")
+
+    gc.callbacks.append(callback)
+
+
 def main() -> int:
     if os.environ.get("ORGCAST_BENCH_SOCKETS") == "library":
         from orgcast.realtime import patches as lean
@@ -221,6 +248,17 @@ def main() -> int:
         from orgcast.services.messages import MessageService
 
         MessageService.hold_connection = False
+    if os.environ.get("ORGCAST_BENCH_WORKER") == "off":
+        from orgcast.services.deliveries import DeliveryWorker
+
+        async def idle(self: DeliveryWorker) -> None:
+            await asyncio.Event().wait()
+
+        DeliveryWorker.run = idle  # type: ignore[method-assign]
+    if os.environ.get("ORGCAST_BENCH_GC") == "library":
+        os.environ["ORGCAST_SERVER__GC_YOUNG_THRESHOLD"] = "0"
+    if os.environ.get("ORGCAST_BENCH_GCLOG"):
+        _gc_log(os.environ["ORGCAST_BENCH_GCLOG"])
     from orgcast.__main__ import main as orgcast_main
 
     return orgcast_main(sys.argv[1:])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -516,3 +518,20 @@ async def test_suspend_and_delete_from_the_shell_reach_a_node_without_redis(
         await asyncio.wait_for(gone[1].wait(), interval + 2)
         refusal = await node.refusal(slugs[0], {"token": await node.token(slugs[0])})
         assert refusal["code"] == "tenant_suspended"
+
+
+async def test_serve_freezes_startup_objects_and_raises_the_young_threshold_while_up() -> None:
+    from orgcast.__main__ import _tuned_gc
+
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    tune = _tuned_gc(12_345)(None)
+    await tune.__anext__()
+    try:
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+        assert gc.get_freeze_count() > frozen
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await tune.__anext__()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import CommandError, OrgcastError, SettingsError
 from .output import EXIT_FAILURE, EXIT_OK, emit, fail
@@ -55,6 +57,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"  OpenAPI: {public}/api/v1/openapi.json"
     )
     app = create_app(settings, migrate=args.migrate)
+    if settings.server.gc_young_threshold:
+        app.cleanup_ctx.append(_tuned_gc(settings.server.gc_young_threshold))
     try:
         web.run_app(
             app,
@@ -70,6 +74,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         return fail(None, f"cannot listen on {host}:{port}: {exc.strerror}")
     return EXIT_OK
+
+
+def _tuned_gc(young: int) -> Callable[[Any], AsyncIterator[None]]:
+    """Once every service has started: collect, freeze what exists (it lives as long as the
+    process) so full collections no longer walk it, and collect the youngest generation every
+    ``young`` allocations. Short-lived objects of in-flight messages then die young instead of
+    being promoted into the old generation, whose growth is what triggers a full collection."""
+
+    async def tune(_app: Any) -> AsyncIterator[None]:
+        thresholds = gc.get_threshold()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(young, thresholds[1], thresholds[2])
+        yield
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+    return tune
 
 
 def _safe_url(url: str) -> str:

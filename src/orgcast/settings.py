@@ -47,6 +47,7 @@ class ServerSettings(Section):
     ping_interval: float = Field(25.0, gt=0)
     ping_timeout: float = Field(20.0, gt=0)
     use_uvloop: bool = True
+    gc_young_threshold: int = Field(20_000, ge=0, le=10_000_000)
     unauthenticated_timeout_seconds: float = Field(10.0, gt=0)
     max_unauthenticated: int = Field(1000, ge=1)
     shutdown_timeout_seconds: float = Field(10.0, ge=0)
