@@ -5,8 +5,10 @@ outbox events into new deliveries, at most ``endpoint_concurrency`` deliveries p
 time on this node, so one slow endpoint holds only its own slots: other endpoints and tenants keep
 their own pace, and the message path never waits on any of it. A round runs when this node
 wrote outbox rows, when a delivery finishes, or every ``poll_interval_seconds`` (rows written by
-other nodes, retries coming due). A node that dies holding leases loses them after
-``timeout_seconds`` + 15 s; another node (or the restarted one) then retries those deliveries.
+other nodes, retries coming due); none runs while no endpoint is enabled anywhere (as of the last
+refresh of the endpoint set), so an idle node without webhooks runs no transaction for them. A
+node that dies holding leases loses them after ``timeout_seconds`` + 15 s; another node (or the
+restarted one) then retries those deliveries.
 
 An attempt is one POST with ``allow_redirects=False`` and a total timeout. A 2xx is success; a
 410 fails the delivery and disables the endpoint; anything else (another status, a redirect,
@@ -117,7 +119,10 @@ class DeliveryWorker:
                         if now >= next_prune:
                             await self.prune()
                             next_prune = now + PRUNE_INTERVAL_SECONDS
-                        await self._round(http)
+                        # No enabled endpoint anywhere (as of the last refresh): nothing can
+                        # be claimed, so an idle node without webhooks runs no transaction.
+                        if self._webhooks.event_tenants:
+                            await self._round(http)
                     except DB_ERRORS:
                         self._degraded()
                     except Exception:
