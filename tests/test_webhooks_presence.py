@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.support import RedisSettings, Server, eventually, node_settings, start_server
+from tests.test_api_health import _allow_connections
 from tests.test_webhooks import add_endpoint
 from tests.webhooks_support import FAST, Receiver, quiet_endpoints, receiver
 
@@ -167,24 +167,6 @@ async def test_a_user_on_two_nodes_is_online_once_and_offline_only_when_gone_fro
     assert order.index(("user.offline", "bob")) < order.index(("user.offline", "ada"))
 
 
-async def _allow_connections(pg_server: str, database_url: str, allowed: bool) -> None:
-    """Open or close the database to new connections; closing also ends the live ones."""
-    database = make_url(database_url).database
-    connection = await asyncpg.connect(
-        make_url(pg_server).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    try:
-        flag = "true" if allowed else "false"
-        await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {flag}')
-        if not allowed:
-            await connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                database,
-            )
-    finally:
-        await connection.close()
-
-
 async def test_a_leave_decided_while_the_database_is_down_is_delivered_once_it_is_back(
     pg_server: str, pg_database: str, tmp_path: Path, target: Receiver
 ) -> None:
@@ -194,14 +176,16 @@ async def test_a_leave_decided_while_the_database_is_down_is_delivered_once_it_i
         token = await node.token(tenant.slug, "ada", name="Ada")
         client = await joined(node, tenant.slug, token)
         await wait_for(target, 3)
-        await _allow_connections(pg_server, pg_database, False)
+        database = make_url(pg_database).database
+        assert database is not None
+        await _allow_connections(pg_server, database, False)
         try:
             await client.disconnect()
             # The grace (0.5 s) runs out and the leave is decided while nothing can be written.
             await asyncio.sleep(FAST.presence_grace_seconds + 1.5)
             assert len(target.events()) == 3
         finally:
-            await _allow_connections(pg_server, pg_database, True)
+            await _allow_connections(pg_server, database, True)
         await wait_for(target, 6)
         events = target.events()
         assert collections.Counter(e["type"] for e in events) == {t: 1 for t in PRESENCE}
