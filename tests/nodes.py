@@ -111,10 +111,13 @@ class RedisProcess:
 
         def answers() -> bool:
             with contextlib.suppress(redis.RedisError):
-                return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+                with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+                    return bool(client.ping())
             return False
 
         eventually_sync(answers, within=10)
+        if self.process.poll() is not None:
+            raise AssertionError(f"redis-server on {self.port} exited: another process answers")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

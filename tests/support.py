@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import socket
 import time
@@ -104,10 +105,29 @@ def unique_slug(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def _ephemeral_floor() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range, for a server a test starts.
+
+    Outgoing connections take their local port from the ephemeral range, so one made while the
+    server is down (a client retrying a stopped Redis) can neither take the port before the
+    server binds it again nor connect to itself on it (a TCP self-connect: the client then reads
+    its own commands back as replies and believes the server answered)."""
+    ceiling = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(10_000, ceiling)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 10000..{ceiling - 1}")
 
 
 @dataclass

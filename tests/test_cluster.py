@@ -320,7 +320,9 @@ async def _outage_scenario(pg_database: str, tmp_path: Path) -> None:
             local_inbox, remote_inbox = Inbox(local, "message", ns), Inbox(remote, "message", ns)
 
             redis_server.stop()
-            ack = await sender.call("message", {"room": "room", "body": "during"}, namespace=ns)
+            ack = await sender.call(
+                "message", {"room": "room", "body": "during"}, namespace=ns, timeout=5
+            )
             assert ack["ok"] is True
             assert (await local_inbox.get())["body"] == "during"
             late_joiner = await one.connect(tenant.slug, await one.token(tenant.slug, "j"))
@@ -332,7 +334,7 @@ async def _outage_scenario(pg_database: str, tmp_path: Path) -> None:
             received = None
             while received is None and time.monotonic() < deadline:
                 probe = await sender.call(
-                    "message", {"room": "room", "body": "after"}, namespace=ns
+                    "message", {"room": "room", "body": "after"}, namespace=ns, timeout=5
                 )
                 assert probe["ok"] is True
                 with contextlib.suppress(TimeoutError):
@@ -350,7 +352,7 @@ async def _outage_scenario(pg_database: str, tmp_path: Path) -> None:
             # Redis came back empty: each node's heartbeat writes its own members back, so the
             # other node lists them again (within a heartbeat, a third of the TTL).
             async def everyone_listed() -> bool:
-                ack = await remote.call("presence", {"room": "room"}, namespace=ns)
+                ack = await remote.call("presence", {"room": "room"}, namespace=ns, timeout=5)
                 return sorted(m["id"] for m in ack["members"]) == ["j", "l", "r", "s"]
 
             await eventually(everyone_listed, within=TTL * 2)
