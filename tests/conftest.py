@@ -12,9 +12,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
+from tests.browser import Pages, chromium, open_pages
 from tests.support import (
     ADMIN_TOKEN,
     Server,
@@ -89,6 +92,20 @@ async def server(database_url: str, tmp_path: Path) -> AsyncIterator[Server]:
     """A real orgcast node on 127.0.0.1:<free port>."""
     async with start_server(node_settings(database_url, tmp_path)) as node:
         yield node
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium for a browser test module (skips locally without it, fails in CI)."""
+    async with chromium() as instance:
+        yield instance
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def pages(browser: Any) -> AsyncIterator[Pages]:
+    """The pages of one browser test, closed at its end so their sockets leave first."""
+    async with open_pages(browser) as opened:
+        yield opened
 
 
 __all__ = ["ADMIN_TOKEN"]

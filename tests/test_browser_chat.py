@@ -16,7 +16,7 @@ import pytest_asyncio
 from playwright.async_api import expect
 
 from orgcast.settings import ServerSettings
-from tests.browser import DESKTOP, PHONE, Pages, chromium, open_pages, screenshot, unlabelled
+from tests.browser import DESKTOP, PHONE, Pages, screenshot, unlabelled
 from tests.support import (
     ADMIN_TOKEN,
     Inbox,
@@ -32,24 +32,12 @@ XSS = "<img src=x onerror=alert(1)>"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as instance:
-        yield instance
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def node(
     browser: Any, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Server]:
     settings = node_settings(database_url, tmp_path_factory.mktemp("chat"))
     async with start_server(settings) as server:
         yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def pages(browser: Any) -> AsyncIterator[Pages]:
-    async with open_pages(browser) as opened:
-        yield opened
 
 
 def chat_url(server: Server, **params: str) -> str:

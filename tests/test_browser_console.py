@@ -13,18 +13,12 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import expect
 
-from tests.browser import DESKTOP, PHONE, Pages, chromium, open_pages, screenshot, unlabelled
+from tests.browser import DESKTOP, PHONE, Pages, screenshot, unlabelled
 from tests.support import ADMIN_TOKEN, Server, node_settings, start_server, unique_slug
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 XSS = "<img src=x onerror=alert(1)>"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as instance:
-        yield instance
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -34,12 +28,6 @@ async def node(
     settings = node_settings(database_url, tmp_path_factory.mktemp("console"))
     async with start_server(settings) as server:
         yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def pages(browser: Any) -> AsyncIterator[Pages]:
-    async with open_pages(browser) as opened:
-        yield opened
 
 
 async def sign_in(page: Any, server: Server) -> None:

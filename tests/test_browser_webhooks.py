@@ -12,17 +12,11 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import expect
 
-from tests.browser import Pages, chromium, open_pages, screenshot, unlabelled
+from tests.browser import Pages, screenshot, unlabelled
 from tests.support import ADMIN_TOKEN, Server, eventually, node_settings, start_server
 from tests.webhooks_support import FAST, Receiver, quiet_endpoints, receiver
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as instance:
-        yield instance
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -32,12 +26,6 @@ async def node(
     settings = node_settings(database_url, tmp_path_factory.mktemp("hooks"), webhooks=FAST)
     async with start_server(settings) as server:
         yield server
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def pages(browser: Any) -> AsyncIterator[Pages]:
-    async with open_pages(browser) as opened:
-        yield opened
 
 
 @pytest_asyncio.fixture(loop_scope="module")
