@@ -101,6 +101,22 @@ def node_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
     return Settings(**values)
 
 
+async def allow_connections(pg_server: str, database: str | None, allowed: bool) -> None:
+    """Open or close ``database`` to new connections; closing also ends the live ones (the
+    database is down for the nodes using it, the server stays up)."""
+    connection = await asyncpg.connect(_dsn(pg_server))
+    try:
+        flag = "true" if allowed else "false"
+        await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {flag}')
+        if not allowed:
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                database,
+            )
+    finally:
+        await connection.close()
+
+
 def unique_slug(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -393,6 +409,7 @@ __all__ = [
     "RedisSettings",
     "Server",
     "Tenant",
+    "allow_connections",
     "assert_error",
     "call",
     "connect",

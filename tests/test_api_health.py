@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from orgcast.store import schema
-from tests.support import Server, eventually, node_settings, start_server
+from tests.support import Server, allow_connections, eventually, node_settings, start_server
 
 NOT_REACHABLE = {"error": {"code": "unavailable", "message": "database unreachable"}}
 
@@ -27,21 +27,6 @@ async def pg_node(pg_database: str, tmp_path: Path) -> AsyncIterator[Server]:
     """A node on a PostgreSQL database of this test's own."""
     async with start_server(node_settings(pg_database, tmp_path)) as node:
         yield node
-
-
-async def _allow_connections(pg_server: str, database: str, allowed: bool) -> None:
-    """Open or close ``database`` to new connections; closing also ends the live ones."""
-    connection = await asyncpg.connect(_dsn(pg_server))
-    try:
-        flag = "true" if allowed else "false"
-        await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {flag}')
-        if not allowed:
-            await connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                database,
-            )
-    finally:
-        await connection.close()
 
 
 async def _wait_ready(node: Server, within: float = 10.0) -> tuple[int, object]:
@@ -74,7 +59,7 @@ async def test_readyz_is_503_json_while_the_database_refuses_connections_and_rec
     assert database is not None
     assert await pg_node.request("GET", "/readyz", token=None) == (200, {"status": "ready"})
 
-    await _allow_connections(pg_server, database, allowed=False)
+    await allow_connections(pg_server, database, allowed=False)
     try:
         assert await pg_node.request("GET", "/readyz", token=None) == (503, NOT_REACHABLE)
         # The API answers the same way instead of hanging or failing with a 500.
@@ -84,7 +69,7 @@ async def test_readyz_is_503_json_while_the_database_refuses_connections_and_rec
         # Liveness does not depend on the database.
         assert await pg_node.request("GET", "/healthz", token=None) == (200, {"status": "ok"})
     finally:
-        await _allow_connections(pg_server, database, allowed=True)
+        await allow_connections(pg_server, database, allowed=True)
 
     assert await _wait_ready(pg_node) == (200, {"status": "ready"})
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support import (
     ADMIN_TOKEN,
+    allow_connections,
     eventually,
     free_port,
     node_settings,
@@ -239,9 +240,6 @@ async def test_database_refusing_connections_gives_unavailable_acks_then_seq_res
     pg_database: str, tmp_path: Path
 ) -> None:
     name = make_url(pg_database).database
-    admin = await asyncpg.connect(
-        make_url(pg_admin_url()).set(drivername="postgresql").render_as_string(False)
-    )
     try:
         async with start_server(node_settings(pg_database, tmp_path)) as node:
             tenant = await node.create_tenant()
@@ -250,11 +248,7 @@ async def test_database_refusing_connections_gives_unavailable_acks_then_seq_res
             before = [await send(client, tenant.slug, "ops", n) for n in range(3)]
             assert [a["seq"] for a in before] == [1, 2, 3]
 
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                name,
-            )
+            await allow_connections(pg_admin_url(), name, False)
             down = await asyncio.gather(
                 *[send(client, tenant.slug, "ops", f"down {n}", within=30) for n in range(5)]
             )
@@ -265,12 +259,11 @@ async def test_database_refusing_connections_gives_unavailable_acks_then_seq_res
             )
             ready_status, _ = await node.request("GET", "/readyz")
 
-            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await allow_connections(pg_admin_url(), name, True)
             after = [await send(client, tenant.slug, "ops", f"up {n}") for n in range(3)]
             rejoin = await join(client, tenant.slug, "ops", since=0)
     finally:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        await admin.close()
+        await allow_connections(pg_admin_url(), name, True)
 
     for ack in down:
         assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack

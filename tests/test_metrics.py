@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
@@ -20,6 +19,7 @@ from tests.support import (
     ADMIN_TOKEN,
     Inbox,
     Server,
+    allow_connections,
     create_pg_database,
     drop_pg_database,
     eventually,
@@ -394,16 +394,10 @@ async def test_metrics_answer_with_database_up_0_and_count_errors_while_the_data
 ) -> None:
     settings = node_settings(pg_database, tmp_path, metrics=MetricsSettings())
     database = make_url(pg_database).database
-    admin_dsn = make_url(pg_server).set(drivername="postgresql").render_as_string(False)
     async with start_server(settings) as server:
         assert orgcast(await scrape(server))["orgcast_database_up"] == 1
-        connection = await asyncpg.connect(admin_dsn)
         try:
-            await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-            await connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                database,
-            )
+            await allow_connections(pg_server, database, False)
             samples = orgcast(await scrape(server))
             assert samples["orgcast_database_up"] == 0
             assert "orgcast_tenants{status=active}" not in samples
@@ -413,5 +407,4 @@ async def test_metrics_answer_with_database_up_0_and_count_errors_while_the_data
             assert (status, body["error"]["code"]) == (503, "unavailable")
             assert orgcast(await scrape(server))["orgcast_database_errors_total"] == 1
         finally:
-            await connection.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-            await connection.close()
+            await allow_connections(pg_server, database, True)

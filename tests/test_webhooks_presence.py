@@ -17,8 +17,14 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import RedisSettings, Server, eventually, node_settings, start_server
-from tests.test_api_health import _allow_connections
+from tests.support import (
+    RedisSettings,
+    Server,
+    allow_connections,
+    eventually,
+    node_settings,
+    start_server,
+)
 from tests.test_webhooks import add_endpoint
 from tests.webhooks_support import FAST, Receiver, quiet_endpoints, receiver
 
@@ -178,14 +184,14 @@ async def test_a_leave_decided_while_the_database_is_down_is_delivered_once_it_i
         await wait_for(target, 3)
         database = make_url(pg_database).database
         assert database is not None
-        await _allow_connections(pg_server, database, False)
+        await allow_connections(pg_server, database, False)
         try:
             await client.disconnect()
             # The grace (0.5 s) runs out and the leave is decided while nothing can be written.
             await asyncio.sleep(FAST.presence_grace_seconds + 1.5)
             assert len(target.events()) == 3
         finally:
-            await _allow_connections(pg_server, database, True)
+            await allow_connections(pg_server, database, True)
         await wait_for(target, 6)
         events = target.events()
         assert collections.Counter(e["type"] for e in events) == {t: 1 for t in PRESENCE}
