@@ -8,12 +8,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from socketio import AsyncClient
 from sqlalchemy import event
 
 from orgcast.services.messages import NewMessage
 from orgcast.settings import MessagesSettings
 from orgcast.state import SERVICES
-from tests.support import Inbox, Server, eventually, node_settings, start_server
+from tests.support import Inbox, Server, call, eventually, node_settings, start_server
+
+
+async def _member(server: Server, slug: str, sub: str, room: str | None = None) -> AsyncClient:
+    """A client of ``sub`` connected to ``slug``, and joined to ``room`` when one is given."""
+    client = await server.connect(slug, await server.token(slug, sub))
+    if room is not None:
+        assert (await call(client, slug, "join", {"room": room}))["ok"]
+    return client
 
 
 async def _store_without_broadcast(server: Server, slug: str, room: str, body: str) -> int:
@@ -29,14 +38,12 @@ async def test_a_message_stored_but_never_broadcast_is_delivered_live_before_the
 ) -> None:
     tenant = await server.create_tenant()
     ns = f"/{tenant.slug}"
-    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
-    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
-    for client in (alice, bob):
-        assert (await client.call("join", {"room": "r"}, namespace=ns))["ok"]
+    alice = await _member(server, tenant.slug, "alice", "r")
+    bob = await _member(server, tenant.slug, "bob", "r")
     inbox = Inbox(bob, "message", ns)
 
     lost = await _store_without_broadcast(server, tenant.slug, "r", '"lost"')
-    ack = await alice.call("message", {"room": "r", "body": "next"}, namespace=ns)
+    ack = await call(alice, tenant.slug, "message", {"room": "r", "body": "next"})
 
     first, second = await inbox.get(), await inbox.get()
     assert (first["seq"], first["body"], first["sender"]["id"]) == (lost, "lost", "ghost")
@@ -50,12 +57,11 @@ async def test_the_sender_never_gets_its_own_message_even_when_its_room_had_a_ga
 ) -> None:
     tenant = await server.create_tenant()
     ns = f"/{tenant.slug}"
-    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
-    assert (await alice.call("join", {"room": "r"}, namespace=ns))["ok"]
+    alice = await _member(server, tenant.slug, "alice", "r")
     inbox = Inbox(alice, "message", ns)
 
     lost = await _store_without_broadcast(server, tenant.slug, "r", "1")
-    ack = await alice.call("message", {"room": "r", "body": 2}, namespace=ns)
+    ack = await call(alice, tenant.slug, "message", {"room": "r", "body": 2})
 
     assert ack["seq"] == lost + 1
     assert (await inbox.get())["seq"] == lost  # the gap, before the ack's seq
@@ -67,15 +73,14 @@ async def test_a_join_after_messages_gets_live_only_what_follows_its_ack_seq(
 ) -> None:
     tenant = await server.create_tenant()
     ns = f"/{tenant.slug}"
-    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
-    assert (await alice.call("join", {"room": "r"}, namespace=ns))["ok"]
+    alice = await _member(server, tenant.slug, "alice", "r")
     for n in range(3):
-        await alice.call("message", {"room": "r", "body": n}, namespace=ns)
-    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+        await call(alice, tenant.slug, "message", {"room": "r", "body": n})
+    bob = await _member(server, tenant.slug, "bob")
     inbox = Inbox(bob, "message", ns)
 
-    joined = await bob.call("join", {"room": "r", "since": 1}, namespace=ns)
-    await alice.call("message", {"room": "r", "body": 3}, namespace=ns)
+    joined = await call(bob, tenant.slug, "join", {"room": "r", "since": 1})
+    await call(alice, tenant.slug, "message", {"room": "r", "body": 3})
 
     assert joined["seq"] == 3 and [m["seq"] for m in joined["missed"]] == [2, 3]
     assert (await inbox.get())["seq"] == 4
@@ -104,18 +109,18 @@ async def test_a_join_to_a_room_the_node_delivers_to_reports_its_seq_without_a_d
 ) -> None:
     tenant = await server.create_tenant()
     ns = f"/{tenant.slug}"
-    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    alice = await _member(server, tenant.slug, "alice")
     with room_reads(server) as first:
-        assert (await alice.call("join", {"room": "r"}, namespace=ns))["seq"] == 0
+        assert (await call(alice, tenant.slug, "join", {"room": "r"}))["seq"] == 0
     assert len(first) == 1  # nobody here was in the room: its seq comes from the database
     for n in range(3):
-        await alice.call("message", {"room": "r", "body": n}, namespace=ns)
-    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+        await call(alice, tenant.slug, "message", {"room": "r", "body": n})
+    bob = await _member(server, tenant.slug, "bob")
     inbox = Inbox(bob, "message", ns)
 
     with room_reads(server) as second:
-        joined = await bob.call("join", {"room": "r"}, namespace=ns)
-    await alice.call("message", {"room": "r", "body": 3}, namespace=ns)
+        joined = await call(bob, tenant.slug, "join", {"room": "r"})
+    await call(alice, tenant.slug, "message", {"room": "r", "body": 3})
 
     assert second == []
     assert joined["seq"] == 3 and "missed" not in joined
@@ -128,14 +133,13 @@ async def test_a_join_reporting_the_nodes_seq_gets_a_message_stored_but_not_yet_
 ) -> None:
     tenant = await server.create_tenant()
     ns = f"/{tenant.slug}"
-    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
-    assert (await alice.call("join", {"room": "r"}, namespace=ns))["ok"]
+    alice = await _member(server, tenant.slug, "alice", "r")
     lost = await _store_without_broadcast(server, tenant.slug, "r", '"lost"')
-    bob = await server.connect(tenant.slug, await server.token(tenant.slug, "bob"))
+    bob = await _member(server, tenant.slug, "bob")
     inbox = Inbox(bob, "message", ns)
 
-    joined = await bob.call("join", {"room": "r"}, namespace=ns)
-    ack = await alice.call("message", {"room": "r", "body": "next"}, namespace=ns)
+    joined = await call(bob, tenant.slug, "join", {"room": "r"})
+    ack = await call(alice, tenant.slug, "message", {"room": "r", "body": "next"})
 
     # The ack reports what this node delivered (nothing yet); the stored message is above it,
     # so it reaches bob live, repaired from the database before the next one.
@@ -146,14 +150,13 @@ async def test_a_join_reporting_the_nodes_seq_gets_a_message_stored_but_not_yet_
 
 async def test_rooms_without_members_on_the_node_hold_no_ordering_state(server: Server) -> None:
     tenant = await server.create_tenant()
-    ns = f"/{tenant.slug}"
     ordering = server.app[SERVICES].hub.ordering
     before = ordering.tracked_rooms()
-    alice = await server.connect(tenant.slug, await server.token(tenant.slug, "alice"))
+    alice = await _member(server, tenant.slug, "alice")
     for room in ("a", "b"):
-        assert (await alice.call("join", {"room": room}, namespace=ns))["ok"]
+        assert (await call(alice, tenant.slug, "join", {"room": room}))["ok"]
     assert ordering.tracked_rooms() == before + 2
-    await alice.call("leave", {"room": "a"}, namespace=ns)
+    await call(alice, tenant.slug, "leave", {"room": "a"})
     assert ordering.tracked_rooms() == before + 1
     await alice.disconnect()
 
@@ -170,8 +173,7 @@ async def test_the_last_message_of_a_quiet_room_that_was_never_broadcast_is_deli
     async with start_server(node_settings(database_url, tmp_path, messages=messages)) as node:
         tenant = await node.create_tenant()
         ns = f"/{tenant.slug}"
-        bob = await node.connect(tenant.slug, await node.token(tenant.slug, "bob"))
-        assert (await bob.call("join", {"room": "quiet"}, namespace=ns))["ok"]
+        bob = await _member(node, tenant.slug, "bob", "quiet")
         inbox = Inbox(bob, "message", ns)
 
         lost = await _store_without_broadcast(node, tenant.slug, "quiet", '"tail"')
