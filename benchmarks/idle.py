@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,29 +142,40 @@ def attribute(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int)
     return lines
 
 
-def start(name: str, cpu: int | None, db: str, data_dir: str, trace: Path | None) -> run.Target:
+def start(
+    name: str,
+    cpu: int | None,
+    db: str,
+    data_dir: str,
+    trace: Path | None,
+    variants: dict[str, dict[str, str]],
+) -> run.Target:
     if name == "reference":
         return run.start_reference(cpu)
     if name == "node":
         return run.start_node_reference(cpu)
-    overrides = {"ORGCAST_BENCH_TRACEMALLOC": str(trace)} if trace else {}
+    overrides = dict(variants.get(name, {}))
+    if trace:
+        overrides["ORGCAST_BENCH_TRACEMALLOC"] = str(trace)
     url = run.pg_dsn(db).replace("postgresql://", "postgresql+asyncpg://")
     # Under tracemalloc, start-up (imports, migrations) is several times slower.
     return run.start_orgcast(cpu, url, data_dir, overrides=overrides, ready_s=600 if trace else 60)
 
 
 def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) -> dict[str, Any]:
+    """One fresh server of ``name`` (orgcast, a variant of it, or a reference) holding ``n``."""
     server_cpu, gen_cpu = cpus
+    orgcast = name == "orgcast" or name in args.variants
     db = f"orgcast_idle_{secrets.token_hex(4)}"
     data_dir = tempfile.mkdtemp(prefix="orgcast-idle-")
     tmp = Path(tempfile.mkdtemp(prefix="orgcast-idle-gen-"))
-    trace = tmp if args.trace and name == "orgcast" else None
-    if name == "orgcast":
+    trace = tmp if args.trace and orgcast else None
+    if orgcast:
         asyncio.run(run.pg_exec(run.PG_ADMIN, (f'CREATE DATABASE "{db}"', ())))
     out: dict[str, Any] = {"target": name, "sockets": n, "load_start": os.getloadavg()[0]}
     target = None
     try:
-        target = start(name, server_cpu, db, data_dir, trace)
+        target = start(name, server_cpu, db, data_dir, trace, args.variants)
         with holding(target, 50, gen_cpu, tmp):
             pass
         time.sleep(1.0)
@@ -193,7 +205,7 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
     finally:
         if target is not None:
             run.stop(target.proc)
-        if name == "orgcast":
+        if orgcast:
             with contextlib.suppress(Exception):
                 drop = f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'
                 asyncio.run(run.pg_exec(run.PG_ADMIN, (drop, ())))
@@ -225,28 +237,68 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def medians(results: list[dict[str, Any]]) -> str:
+    """With ``--repeats``: the median of each size and server, and orgcast's ratio to it."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["sockets"], r["target"]), []).append(r)
+    lines = ["| N | server | runs | KiB/socket, median | orgcast / this | idle CPU %, median |",
+             "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+
+    def median(rows: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    for (n, name), rows in groups.items():
+        kib = median(rows, "kib_per_socket")
+        org = median(groups.get((n, "orgcast"), []), "kib_per_socket")
+        versus = f"{org / kib:.2f}" if org and kib else "-"
+        cpu = median(rows, "idle_cpu_pct")
+        lines.append(f"| {n:,} | {NAMES.get(name, name)} | {len(rows)} | {kib} | {versus} |"
+                     f" {cpu if cpu is not None else '-'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,5000,19500")
     parser.add_argument("--targets", default="orgcast,reference,node")
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="LABEL:ENV=VALUE[,ENV=VALUE]: one more orgcast, run after each "
+                             "target at every size (as in run.py)")  # fmt: skip
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every size and target this many times, alternating",
+    )
     args = parser.parse_args()
+    args.variants = {}
+    for spec in args.variant:
+        label, _, settings = spec.partition(":")
+        args.variants[label] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
     cpus = sorted(os.sched_getaffinity(0))
     pins = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
     results = []
+    names = args.targets.split(",") + list(args.variants)
     for n in [int(s) for s in args.sizes.split(",")]:
-        for name in args.targets.split(","):
-            out = measure(name, n, args, pins)
-            for line in out.pop("trace", []):
-                print(line)
-            print(json.dumps(out), flush=True)
-            results.append(out)
+        for _ in range(args.repeats):
+            for name in names:
+                out = measure(name, n, args, pins)
+                for line in out.pop("trace", []):
+                    print(line)
+                print(json.dumps(out), flush=True)
+                results.append(out)
     run.RESULTS.mkdir(exist_ok=True)
     path = run.RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-idle.json"
     path.write_text(json.dumps(results, indent=2))
     print()
     print(table(results))
+    if args.repeats > 1:
+        print()
+        print(medians(results))
     print(f"results: {path}")
     return 0
 

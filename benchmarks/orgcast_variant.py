@@ -32,6 +32,8 @@ what delivering costs the node, apart from writing the outbox.
 youngest threshold 700; the same as ``ORGCAST_SERVER__GC_YOUNG_THRESHOLD=0``).
 ``ORGCAST_BENCH_GCLOG=FILE`` appends a line per collection of generation 1 or 2 (generation,
 pause in ms, Unix time) to FILE.
+``ORGCAST_BENCH_WIRE=aiohttp`` keeps aiohttp's connection handler, request and websocket response
+for the life of every websocket (no hand-over to ``EngineWire``, patches.py 10).
 Without any switch this is exactly ``orgcast``.
 """
 
@@ -257,6 +259,10 @@ def main() -> int:
         DeliveryWorker.run = idle  # type: ignore[method-assign]
     if os.environ.get("ORGCAST_BENCH_GC") == "library":
         os.environ["ORGCAST_SERVER__GC_YOUNG_THRESHOLD"] = "0"
+    if os.environ.get("ORGCAST_BENCH_WIRE") == "aiohttp":
+        from orgcast.realtime import patches as wire
+
+        wire.HAND_OVER = False
     if os.environ.get("ORGCAST_BENCH_GCLOG"):
         _gc_log(os.environ["ORGCAST_BENCH_GCLOG"])
     from orgcast.__main__ import main as orgcast_main

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web, web_protocol
 from aiohttp._websocket.helpers import websocket_mask
 from aiohttp._websocket.writer import WebSocketWriter
 from engineio import packet as engine_packet
@@ -26,7 +28,7 @@ from engineio import packet as engine_packet
 from orgcast.realtime import patches
 from orgcast.state import REALTIME
 from tests.rawsocket import RawSocket
-from tests.support import Server
+from tests.support import Server, eventually
 
 WITHIN = 10.0
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -370,3 +372,144 @@ async def test_an_open_websocket_keeps_a_trimmed_environ_that_later_namespace_co
         assert refused.startswith(f"44/{other.slug},") and "origin" in refused, refused
     finally:
         await raw.close()
+
+
+# -- the connection after the handshake is orgcast's (patches.py, 10) -----------------------------
+
+
+async def test_an_open_websocket_keeps_no_aiohttp_request_handler_or_response(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    wires = []
+    for n in range(10):
+        wire = await WireSocket.open(server)
+        await wire.join(server, tenant.slug, f"user-{n}")
+        wires.append(wire)
+    try:
+        sio = server.app[REALTIME].sio
+        for sid, eio_sid in sio.manager.get_participants("/" + tenant.slug, None):
+            queue = sio.eio.sockets[eio_sid].queue
+            assert isinstance(queue._ws, patches.EngineWire), sid
+            assert queue._transport is queue._ws.transport  # frames still go straight out
+        gc.collect()
+        kept = [
+            obj
+            for obj in gc.get_objects()
+            if isinstance(obj, web.WebSocketResponse)
+            # The handlers still connected are the test's HTTP keep-alive connections.
+            or (isinstance(obj, web_protocol.RequestHandler) and obj.transport is None)
+            or (isinstance(obj, web.BaseRequest) and obj.query.get("transport") == "websocket")
+        ]
+        assert kept == []
+        # Still a working websocket both ways: a ping answered, a message delivered.
+        wires[0].send(b"still there?", PING)
+        while (frame := await wires[0].frame())[1] == TEXT:
+            pass  # others' presence
+        assert frame == (True, PONG, b"still there?")
+        status, body = await server.request(
+            "POST", f"/api/v1/tenants/{tenant.slug}/messages",
+            json={"messages": [{"room": "lobby", "body": {"text": "hi"}}]},
+        )  # fmt: skip
+        assert status == 200, body
+        for wire in wires:
+            while '"hi"' not in (text := await wire.text()):
+                assert '"presence"' in text, text
+    finally:
+        for wire in wires:
+            wire.close()
+
+
+def masked_frame(first: int, payload: bytes) -> bytes:
+    """A client frame with any first byte (FIN, reserved bits, opcode)."""
+    key = os.urandom(4)
+    data = bytearray(payload)
+    websocket_mask(key, data)
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", first, 0x80 | size)
+    else:
+        header = struct.pack("!BBH", first, 0x80 | 126, size)
+    return header + key + data
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\x81\x03" + b"40/", 1002),  # unmasked (RFC 6455 5.1: the server must close)
+        (masked_frame(0xC1, b"40"), 1002),  # a reserved bit, no extension negotiated
+        (masked_frame(0x83, b"40"), 1002),  # an unknown opcode
+        (masked_frame(0x80, b"40"), 1002),  # a continuation with nothing to continue
+        (masked_frame(0x09, b"x"), 1002),  # a fragmented control frame
+        (masked_frame(0x81, b"4\xff\xfe"), 1007),  # text that is not UTF-8
+    ],
+    ids=[
+        "unmasked",
+        "reserved-bit",
+        "unknown-opcode",
+        "stray-continuation",
+        "fragmented-ping",
+        "bad-utf8",
+    ],
+)
+async def test_a_frame_that_breaks_the_protocol_fails_the_connection_with_its_code(
+    server: Server, frame: bytes, code: int
+) -> None:
+    tenant = await server.create_tenant()
+    wire = await WireSocket.open(server)
+    try:
+        await wire.join(server, tenant.slug)
+        engine = only_engine_socket(server, tenant.slug)
+        wire.writer.write(frame)
+        while True:
+            _, opcode, payload = await wire.frame()
+            if opcode == CLOSE:
+                break
+        assert struct.unpack("!H", payload[:2])[0] == code
+        assert await wire.eof()
+        await eventually_closed(server, engine)
+    finally:
+        wire.close()
+
+
+async def test_a_frame_announcing_more_than_the_limit_is_refused_before_its_payload_arrives(
+    server: Server,
+) -> None:
+    wire = await WireSocket.open(server)
+    try:
+        limit = server.settings.server.max_packet_bytes
+        wire.writer.write(struct.pack("!BBQ", 0x81, 0x80 | 127, limit + 1) + os.urandom(4))
+        _, opcode, payload = await wire.frame()
+        assert opcode == CLOSE and struct.unpack("!H", payload[:2])[0] == 1009
+        assert await wire.eof()
+    finally:
+        wire.close()
+
+
+async def test_frames_split_anywhere_across_reads_are_joined(server: Server) -> None:
+    tenant = await server.create_tenant()
+    wire = await WireSocket.open(server)
+    try:
+        token = await server.token(tenant.slug)
+        connect = masked_frame(0x81, f"40/{tenant.slug},{json.dumps({'token': token})}".encode())
+        join = masked_frame(0x81, f'42/{tenant.slug},1["join",{{"room":"lobby"}}]'.encode())
+        data = connect + join
+        for start in range(0, len(data), 3):  # three bytes a write: headers split too
+            wire.writer.write(data[start : start + 3])
+            await wire.writer.drain()
+            await asyncio.sleep(0)
+        assert (await wire.text()).startswith(f"40/{tenant.slug},")
+        ack = await wire.text()
+        assert ack.startswith(f"43/{tenant.slug},1[") and '"ok":true' in ack, ack
+    finally:
+        wire.close()
+
+
+async def eventually_closed(server: Server, engine: Any) -> None:
+    """The engine socket closed as a transport close, and the server forgot it."""
+    sockets = server.app[REALTIME].sio.eio.sockets
+
+    async def gone() -> bool:
+        return bool(engine.closed) and engine.sid not in sockets
+
+    await eventually(gone, within=WITHIN)

@@ -75,8 +75,9 @@ class Handlers:
         token = bind(tenant=namespace[1:64] or None, sid=sid)
         try:
             environ = environ or {}
+            # A websocket handed over by the engine's handshake keeps only the client's address.
             request = environ.get("aiohttp.request")
-            address = request.remote if request is not None else None
+            address = request.remote if request is not None else environ.get("orgcast.remote")
             conn = await self.hub().admit(
                 namespace, sid, environ.get("HTTP_ORIGIN"), auth, address=address
             )

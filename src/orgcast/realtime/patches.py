@@ -92,6 +92,7 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from aiohttp._websocket.helpers import websocket_mask
 from engineio import exceptions as engine_exceptions
 from engineio import packet as engine_packet
 from engineio.async_drivers import aiohttp as engine_aiohttp
@@ -125,15 +126,18 @@ def websocket_class(
     it and returns what the engine gets instead (see guards.py, ``GuardedFrames``)."""
 
     class PlainWebSocket(engine_aiohttp.WebSocket):  # type: ignore[misc]
-        async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
             request = environ["aiohttp.request"]
+            socket: Any = getattr(self.handler, "__self__", None)
+            lean = isinstance(getattr(socket, "queue", None), LeanQueue) and not socket.connected
+            if lean and not compress and HAND_OVER:
+                return hand_over(request, socket, environ, check)
             self._sock = web.WebSocketResponse(
                 max_msg_size=self.server.max_http_buffer_size, compress=compress
             )
             await self._sock.prepare(request)
             self.environ = environ
-            socket: Any = getattr(self.handler, "__self__", None)
-            if isinstance(getattr(socket, "queue", None), LeanQueue) and not socket.connected:
+            if lean:
                 await lean_websocket_handler(socket, self)
             else:
                 await self.handler(self)
@@ -229,6 +233,13 @@ class LeanQueue:
         ``batch`` is given and ``ws`` is an uncompressed aiohttp websocket, else with its
         ``send`` from an on-demand task."""
         self._socket, self._ws = socket, ws
+        if isinstance(ws, EngineWire):
+            if batch is not None:
+                self._batch, self._sock = batch, ws
+                self._transport, self._protocol = ws.transport, ws
+            if self._items:
+                self._start_task()
+            return
         sock = getattr(ws, "_sock", None)
         writer = getattr(sock, "_writer", None)
         if batch is not None and writer is not None and not writer.compress:
@@ -655,8 +666,16 @@ async def _write_queued(queue: LeanQueue, ws: Any) -> bool:
 
 
 # What is read from a websocket's WSGI environ once the websocket is open: python-socketio hands
-# it to each namespace connect (handlers.py reads the request and the origin).
-ENVIRON_KEPT = ("aiohttp.request", "HTTP_ORIGIN", "REQUEST_METHOD", "QUERY_STRING", "REMOTE_ADDR")
+# it to each namespace connect (handlers.py reads the request, or for a websocket handed over
+# (``hand_over``) the client's address kept as ``orgcast.remote``, and the origin).
+ENVIRON_KEPT = (
+    "aiohttp.request",
+    "HTTP_ORIGIN",
+    "REQUEST_METHOD",
+    "QUERY_STRING",
+    "REMOTE_ADDR",
+    "orgcast.remote",
+)
 
 
 def trim_environ(environ: dict[str, Any] | None) -> None:
@@ -709,6 +728,379 @@ async def lean_websocket_handler(socket: Any, ws: Any) -> None:
     while queue._writer is not None:
         await asyncio.shield(queue._writer)
     await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+
+# -- 10. the websocket after its handshake --------------------------------------------------------
+
+# A new lean websocket is served by an ``EngineWire`` after its handshake (benchmarks turn this
+# off to compare with aiohttp's websocket, ``ORGCAST_BENCH_WIRE=aiohttp``).
+HAND_OVER = True
+# RFC 6455 opcodes and the close codes this side sends.
+_CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_TEXT, CLOSE_TOO_BIG = 1000, 1002, 1007, 1009
+# How long a close this side started waits for the client's close before the connection is cut.
+CLOSE_TIMEOUT = 10.0
+# Messages received while an earlier one is still being handled (a namespace connect waits for
+# the database): past this many the connection stops being read until they are handled.
+PENDING_MAX = 64
+
+
+def _control(opcode: int, payload: bytes = b"") -> bytes:
+    return bytes((0x80 | opcode, len(payload))) + payload
+
+
+class EngineWire(asyncio.Protocol):
+    """An engine.io websocket opened directly, served by orgcast once its handshake is answered:
+    aiohttp's connection handler, request, response and their two tasks are let go (``hand_over``),
+    so an idle socket is this object, its engine socket and its queue.
+
+    Reads RFC 6455 frames from the client: every client frame must be masked and carry no
+    reserved bits (else the connection fails with 1002; no extension is ever negotiated here), a
+    message larger than ``limit`` bytes fails it with 1009, text that is not UTF-8 with 1007.
+    Fragments are joined (control frames between them are answered at once), pings answered with
+    a pong, a close answered with a close (1000) before the connection ends. Each message goes
+    through the frame guard (``check``) to the engine socket as ``lean_websocket_handler`` hands
+    it: a pong without decoding, others to ``socket.receive``, one at a time and in order, from a
+    task that runs only while messages wait. Writes are the queue's (patch 9: this object is
+    both its websocket and its protocol, with the same ``_paused``/``_drain_helper``
+    backpressure); ``close`` sends a close and waits ``CLOSE_TIMEOUT`` for the client's."""
+
+    __slots__ = ("_buffer", "_check", "_close_timer", "_closed", "_closing", "_drain_waiter",
+                 "_ended", "_fragments", "_limit", "_paused", "_pending", "_read_paused",
+                 "_socket", "_task", "after_close", "transport")  # fmt: skip
+
+    def __init__(self, socket: Any, transport: Any, check: FrameCheck | None) -> None:
+        self._socket = socket
+        self.transport: Any = transport
+        self._check = check
+        self._limit: int = socket.server.max_http_buffer_size
+        self._buffer: bytearray | None = None
+        # A fragmented message being received: its opcode first, then its fragments.
+        self._fragments: list[Any] | None = None
+        self._pending: deque[Any] | None = None
+        self._task: asyncio.Future[None] | None = None
+        self._paused = False
+        self._read_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        # ``_closing``: a close was sent (no data frame follows it); ``_closed``: the connection
+        # is gone; ``_ended``: the engine socket has been told the transport is over.
+        self._closing = False
+        self._closed = False
+        self._ended = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        # Called once the connection is gone (the access log line of the handshake request).
+        self.after_close: Callable[[], None] | None = None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer is None:
+            view: Any = data
+        else:
+            buffer += data
+            view = buffer
+        size = len(view)
+        pos = 0
+        while size - pos >= 2 and not self._closed:
+            first, second = view[pos], view[pos + 1]
+            if not second & 0x80 or first & 0x70:
+                # RFC 6455 5.1: a server must close on an unmasked client frame; no extension
+                # was negotiated, so no reserved bit may be set.
+                self.fail(CLOSE_PROTOCOL_ERROR)
+                return
+            length = second & 0x7F
+            head = 6
+            if length == 126:
+                if size - pos < 8:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 4], "big")
+                head = 8
+            elif length == 127:
+                if size - pos < 14:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                head = 14
+            opcode = first & 0x0F
+            if opcode >= _CLOSE:
+                if length > 125 or not first & 0x80:
+                    self.fail(CLOSE_PROTOCOL_ERROR)
+                    return
+            elif length + self._fragmented_size() > self._limit:
+                self.fail(CLOSE_TOO_BIG)
+                return
+            end = pos + head + length
+            if size < end:
+                break
+            payload = bytearray(view[pos + head : end])
+            websocket_mask(bytes(view[pos + head - 4 : pos + head]), payload)
+            pos = end
+            self._frame(bool(first & 0x80), opcode, payload)
+        if self._closed:
+            self._buffer = None
+        elif buffer is None:
+            self._buffer = bytearray(view[pos:]) if pos < size else None
+        elif pos >= size:
+            self._buffer = None
+        elif pos:
+            del buffer[:pos]
+
+    def _fragmented_size(self) -> int:
+        fragments = self._fragments
+        return sum(len(f) for f in fragments[1:]) if fragments else 0
+
+    def _frame(self, fin: bool, opcode: int, payload: bytearray) -> None:
+        if opcode == _PING:
+            if not self._closing:
+                self.transport.write(_control(_PONG, bytes(payload)))
+            return
+        if opcode == _PONG:
+            return
+        if opcode == _CLOSE:
+            self._close_received(payload)
+            return
+        fragments = self._fragments
+        if opcode == _CONTINUATION:
+            if fragments is None:
+                self.fail(CLOSE_PROTOCOL_ERROR)
+                return
+            fragments.append(payload)
+            if not fin:
+                return
+            self._fragments = None
+            opcode, payload = fragments[0], bytearray().join(fragments[1:])
+        elif opcode in (_TEXT, _BINARY):
+            if fragments is not None:
+                self.fail(CLOSE_PROTOCOL_ERROR)
+                return
+            if not fin:
+                self._fragments = [opcode, payload]
+                return
+        else:
+            self.fail(CLOSE_PROTOCOL_ERROR)
+            return
+        if opcode == _TEXT:
+            try:
+                message: Any = payload.decode()
+            except UnicodeDecodeError:
+                self.fail(CLOSE_INVALID_TEXT)
+                return
+        else:
+            message = bytes(payload)
+        self._message(message)
+
+    def _close_received(self, payload: bytearray) -> None:
+        if len(payload) == 1:
+            self.fail(CLOSE_PROTOCOL_ERROR)
+            return
+        if not self._closing:
+            self._closing = True
+            self.transport.write(_control(_CLOSE, CLOSE_NORMAL.to_bytes(2, "big")))
+        self.transport.close()
+        self._end()
+
+    def _message(self, data: Any) -> None:
+        """One message, as ``lean_websocket_handler`` handles what ``ws.wait`` returns."""
+        if self._closing or self._ended:
+            return
+        socket = self._socket
+        if self._check is not None:
+            data = self._check(socket.sid, data)
+        if data == PONG:
+            socket.schedule_ping()
+            return
+        if not isinstance(data, str | bytes) or not data or len(data) > self._limit:
+            self._end()
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        pending.append(data)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._receive())
+        elif len(pending) >= PENDING_MAX and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    async def _receive(self) -> None:
+        """Hand the waiting messages to the engine socket, in order, then end."""
+        socket = self._socket
+        try:
+            while self._pending and not self._ended:
+                data = self._pending.popleft()
+                if self._read_paused and len(self._pending) < PENDING_MAX // 2:
+                    self._read_paused = False
+                    if not self._closed:
+                        self.transport.resume_reading()
+                try:
+                    await socket.receive(engine_packet.Packet(encoded_packet=data))
+                except engine_exceptions.UnknownPacketError:
+                    pass
+                except engine_exceptions.SocketIsClosedError:
+                    self._end()
+                    break
+                except Exception:
+                    socket.server.logger.exception("Unknown receive error")
+        finally:
+            self._pending = None
+            self._task = None
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def fail(self, code: int) -> None:
+        """Fail the connection (RFC 6455 7.1.7): a close with ``code``, then the connection
+        ends without waiting for the client's."""
+        if not self._closing and not self._closed:
+            self._closing = True
+            self.transport.write(_control(_CLOSE, code.to_bytes(2, "big")))
+        if not self._closed:
+            self.transport.close()
+        self._end()
+
+    def _end(self) -> None:
+        """Tell the engine socket its transport is over, once: the queue's writer closes the
+        websocket after what is queued, then the socket closes as a transport close."""
+        if self._ended:
+            return
+        self._ended = True
+        self._pending = None
+        queue = self._socket.queue
+        queue.put_nowait(None)
+        queue._start_task()
+        task = asyncio.ensure_future(self._finish())
+        _finishing.add(task)
+        task.add_done_callback(_finishing.discard)
+
+    async def _finish(self) -> None:
+        socket = self._socket
+        queue = socket.queue
+        while self._task is not None:
+            await asyncio.shield(self._task)
+        while queue._writer is not None:
+            await asyncio.shield(queue._writer)
+        server = socket.server
+        await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        if socket.closed and server.sockets.get(socket.sid) is socket:
+            del server.sockets[socket.sid]  # as the engine does when its websocket handler ends
+
+    async def close(self) -> None:
+        """Start the close handshake (the queue's writer calls this once nothing more will be
+        written): the connection ends when the client's close arrives, or after
+        ``CLOSE_TIMEOUT``."""
+        if self._closed:
+            return
+        if not self._closing:
+            self._closing = True
+            self.transport.write(_control(_CLOSE, CLOSE_NORMAL.to_bytes(2, "big")))
+        if self._close_timer is None:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    async def send(self, data: str | bytes) -> None:
+        """What the queue's writer calls when it does not write frames itself."""
+        if self._closing or self._closed:
+            raise ConnectionResetError("the websocket is closing")
+        self.transport.write(_frame(data))
+
+    # -- the transport ----------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drain_helper(self) -> None:
+        if self._closed:
+            raise ConnectionResetError("Connection lost")
+        if not self._paused:
+            return
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(waiter)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._buffer = self._fragments = None
+        timer, self._close_timer = self._close_timer, None
+        if timer is not None:
+            timer.cancel()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("Connection lost"))
+        self._end()
+        after, self.after_close = self.after_close, None
+        if after is not None:
+            after()
+
+
+_finishing: set[asyncio.Future[None]] = set()
+
+
+class HandedOver(web.StreamResponse):
+    """What aiohttp gets back for a websocket handed to an ``EngineWire``: its 101 is already
+    written and the connection is no longer aiohttp's, so nothing more is written."""
+
+    def __init__(self, wire: EngineWire) -> None:
+        super().__init__(status=101)
+        self.wire = wire
+
+    async def prepare(self, request: Any) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def hand_over(
+    request: web.Request, socket: Any, environ: dict[str, Any], check: FrameCheck | None
+) -> HandedOver:
+    """Answer a websocket handshake for a new lean engine socket and take its connection from
+    aiohttp: the 101 is written here, the transport gets an ``EngineWire`` as its protocol, and
+    aiohttp's handler forgets it (no transport, no parser, closed for reuse), so its request,
+    handler task and connection task end as soon as the returned ``HandedOver`` is answered.
+
+    Reads aiohttp's ``WebSocketResponse._handshake`` (the same checks and headers as its
+    ``prepare``; a bad handshake raises its 400) and the ``RequestHandler``'s ``transport``,
+    ``_message_tail`` (what the client sent after its handshake), ``_buffer_paused``, ``_parser``
+    and ``_manager``. The environ keeps the client's address (``orgcast.remote``) instead of
+    the request."""
+    headers = web.WebSocketResponse(compress=False)._handshake(request)[0]
+    handler: Any = request.protocol
+    transport: Any = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("Connection lost")
+    remote = request.remote
+    tail, handler._message_tail = handler._message_tail, b""
+    wire = EngineWire(socket, transport, check)
+    transport.set_protocol(wire)
+    handler.transport = None  # so its force_close leaves the connection alone
+    handler._parser = None  # nothing after the handshake is parsed as HTTP
+    handler.keep_alive(False)  # its keep-alive timer would hold it for a minute
+    handler.force_close()
+    manager = handler._manager
+    if manager is not None:
+        manager.connection_lost(handler, None)  # drops it once its task ends
+    if handler._buffer_paused:
+        transport.resume_reading()
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    transport.write(f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n".encode())
+    trim_environ(environ)
+    environ.pop("aiohttp.request", None)
+    environ["orgcast.remote"] = remote
+    socket.connected = True
+    socket.upgraded = True
+    socket.queue.attach(socket, wire, getattr(socket.server, "orgcast_batch", None))
+    if tail:
+        wire.data_received(tail)
+    return HandedOver(wire)
 
 
 # -- 2. direct fan-out --------------------------------------------------------------------------
