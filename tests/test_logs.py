@@ -4,6 +4,7 @@ once per interval with a count."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import pytest
 
 from orgcast.logs import Repeated, bind, configure, unbind
 from orgcast.settings import LogSettings
-from tests.support import Server
+from tests.support import Server, eventually
 
 
 @pytest.fixture
@@ -115,6 +116,32 @@ async def test_the_access_log_has_method_route_template_status_and_latency(
     assert tenant.slug not in json.dumps(line)  # the template, never the raw path
     unmatched = [a for a in access if a["status"] == 404]
     assert [(a["route"], a["method"]) for a in unmatched] == [("(unmatched)", "GET")]
+
+
+async def test_a_websocket_access_line_is_written_when_it_closes_with_its_lifetime(
+    server: Server, log_lines: io.StringIO
+) -> None:
+    ws = await server.http.ws_connect(
+        server.url + "/socket.io/?EIO=4&transport=websocket", headers={"X-Request-ID": "ws-7"}
+    )
+    assert (await ws.receive_str(timeout=5)).startswith("0")
+
+    def line() -> dict[str, Any] | None:
+        access = [a for a in parsed(log_lines) if a["logger"] == "orgcast.access"]
+        return next((a for a in access if a.get("request_id") == "ws-7"), None)
+
+    await asyncio.sleep(0.3)
+    assert line() is None  # open: not yet
+    await ws.close()
+
+    async def written() -> bool:
+        return line() is not None
+
+    await eventually(written)
+    found = line()
+    assert found is not None
+    assert (found["method"], found["route"], found["status"]) == ("GET", "/socket.io/", 101)
+    assert found["latency_ms"] >= 300
 
 
 async def test_every_response_echoes_its_request_id(server: Server) -> None:

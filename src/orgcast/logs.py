@@ -35,6 +35,7 @@ failure; ``Repeated.keyed`` for a family of them (``by_key("redis:" + op)``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -154,39 +155,54 @@ def route_template(request: web.Request) -> str:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Binds ``request_id`` and logs the request once it is answered (outermost middleware)."""
+    """Binds ``request_id`` and logs the request once it is answered (outermost middleware). A
+    response with ``when_closed`` (a websocket whose connection outlives its handler, see
+    realtime/patches.py ``HandedOver``) has its line written when the connection ends."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
     token = bind(request_id=request_id)
     start = time.perf_counter()
     status = 500
+    deferred = False
     try:
         response = await handler(request)
         status = response.status
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
+        when_closed = getattr(response, "when_closed", None)
+        if when_closed is not None and access_log.isEnabledFor(logging.INFO):
+            when_closed(functools.partial(
+                _log_access, request.method, route_template(request), status, start, request_id
+            ))  # fmt: skip
+            deferred = True
         return response
     except web.HTTPException as exc:
         status = exc.status
         raise
     finally:
-        if access_log.isEnabledFor(logging.INFO):
-            latency_ms = round((time.perf_counter() - start) * 1000, 3)
-            route = route_template(request)
-            access_log.info(
-                "%s %s %d %.1fms",
-                request.method,
-                route,
-                status,
-                latency_ms,
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": status,
-                    "latency_ms": latency_ms,
-                },
-            )
+        if not deferred and access_log.isEnabledFor(logging.INFO):
+            _log_access(request.method, route_template(request), status, start)
         unbind(token)
+
+
+def _log_access(
+    method: str, route: str, status: int, start: float, request_id: str | None = None
+) -> None:
+    """One access line; ``request_id`` is bound for it when it is written outside the request."""
+    token = bind(request_id=request_id) if request_id else None
+    try:
+        latency_ms = round((time.perf_counter() - start) * 1000, 3)
+        access_log.info(
+            "%s %s %d %.1fms",
+            method,
+            route,
+            status,
+            latency_ms,
+            extra={"method": method, "route": route, "status": status, "latency_ms": latency_ms},
+        )
+    finally:
+        if token is not None:
+            unbind(token)
 
 
 # -- repeated failures ------------------------------------------------------------------------

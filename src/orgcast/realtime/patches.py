@@ -1058,6 +1058,13 @@ class HandedOver(web.StreamResponse):
     async def write_eof(self, data: bytes = b"") -> None:
         return None
 
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the connection ends (the access log's line for it)."""
+        if self.wire._closed:
+            callback()
+        else:
+            self.wire.after_close = callback
+
 
 def hand_over(
     request: web.Request, socket: Any, environ: dict[str, Any], check: FrameCheck | None
