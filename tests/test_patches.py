@@ -38,6 +38,8 @@ def parameters(func: Any) -> list[str]:
 def test_the_installed_libraries_are_the_minors_the_patches_were_checked_against() -> None:
     assert version("python-socketio").startswith("5.18."), "re-check realtime/patches.py"
     assert version("python-engineio").startswith("4.15."), "re-check realtime/patches.py"
+    # Patches 9 and 10 read aiohttp's websocket and connection handler internals.
+    assert version("aiohttp").startswith("3.14."), "re-check realtime/patches.py 9 and 10"
 
 
 # -- 1. the websocket class ---------------------------------------------------------------------
@@ -316,3 +318,39 @@ def test_patch_9_relies_on_unchanged_engineio_receive_close_and_packet_encoding(
     message = patches.FramePacket(engine_packet.MESSAGE, '2["message",{"body":"é"}]')
     assert message.encode() == '42["message",{"body":"é"}]'
     assert message.frame == patches._frame(message.encode())
+
+
+# -- 10. the websocket after its handshake --------------------------------------------------------
+
+
+def test_patch_10_hands_over_with_unchanged_aiohttp_handshake_and_connection_handler() -> None:
+    from aiohttp import web, web_protocol, web_server
+
+    handler = web_protocol.RequestHandler
+    pinned = {
+        # The checks and headers of a websocket handshake, as its prepare answers it.
+        web.WebSocketResponse._handshake: "95b5e704a7821784",
+        # After the handler returns: prepare and write_eof on the response (``HandedOver``: no
+        # writes), no re-parse of the tail once the parser is gone, the loop ends on force_close
+        # without closing the transport it no longer has.
+        handler.start: "2e565fd40c8e04fb",
+        handler.finish_response: "b7eb53db8f4b30ca",
+        handler.force_close: "38d0e1e798e4d3b7",
+        handler.keep_alive: "c393d9ac05c3017f",
+        # What the client sent after its handshake waits in ``_message_tail``.
+        handler.data_received: "1ee57ebe052e6c80",
+        web_server.Server.connection_lost: "fff3ade6ffe866a8",
+    }
+    for method, digest in pinned.items():
+        assert source_hash(method) == digest, f"patch 10: {method.__qualname__} changed"
+    slots = {slot for cls in handler.__mro__ for slot in getattr(cls, "__slots__", ())}
+    assert {"_message_tail", "_buffer_paused", "_parser", "_manager", "transport"} <= slots
+
+
+def test_patch_10_engine_wire_is_the_queue_websocket_and_protocol_patch_9_reads() -> None:
+    # ``LeanQueue`` (patch 9) reads these of what it writes to; ``_drain`` awaits ``close``.
+    wire = patches.EngineWire.__new__(patches.EngineWire)
+    for slot in ("_closed", "_closing", "_paused", "transport"):
+        assert slot in patches.EngineWire.__slots__, slot
+    assert inspect.iscoroutinefunction(wire._drain_helper)
+    assert inspect.iscoroutinefunction(wire.close) and inspect.iscoroutinefunction(wire.send)

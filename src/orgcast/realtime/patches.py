@@ -74,6 +74,23 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    (1 room x 200, same invocation): 2.1x deliveries/s, 2.25x deliveries per server CPU-second,
    p99 at half saturation 121 -> 28 ms. Memory per idle socket -1.1 KiB (environ); idle CPU at
    19,500 sockets 12.6 -> 9.3 % with the service task's sweep above (RESULTS.md "Round 3").
+10. The websocket after its handshake (``hand_over``, from ``PlainWebSocket.__call__`` for a
+   new lean socket when compression is off): orgcast answers the handshake (aiohttp's
+   ``WebSocketResponse._handshake`` checks it and gives the headers), gives the transport an
+   ``EngineWire`` of its own as protocol and makes aiohttp's ``RequestHandler`` forget it (no
+   transport, no parser, keep-alive off, force-closed, dropped by its server), so the request,
+   the handler, their two tasks and every coroutine frame between them end with the handshake.
+   The wire parses client frames itself (RFC 6455: unmasked client frames and reserved bits
+   fail the connection with 1002, which aiohttp's reader let through; 1009 past the size
+   limit, decided from the frame header; 1007 for bad UTF-8), answers pings and the close
+   handshake, and hands messages to the engine socket as ``lean_websocket_handler`` did, from
+   a task only while some wait. It is also the ``LeanQueue``'s websocket and protocol, so
+   patch 9 writes to it unchanged. Reads the ``RequestHandler``'s ``transport``,
+   ``_message_tail``, ``_buffer_paused``, ``_parser`` and ``_manager``; aiohttp's minor is
+   pinned by tests/test_patches.py. A socket upgraded from long-polling, and any websocket
+   with compression on, keeps aiohttp's websocket (``lean_websocket_handler`` or the
+   engine's). Memory per idle joined websocket at 5,000 sockets: 22.9 -> 5.4 KiB
+   (RESULTS.md "Round 4").
 """
 
 from __future__ import annotations
