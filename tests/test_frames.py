@@ -513,3 +513,47 @@ async def eventually_closed(server: Server, engine: Any) -> None:
         return bool(engine.closed) and engine.sid not in sockets
 
     await eventually(gone, within=WITHIN)
+
+
+async def test_frames_sent_with_the_handshake_are_read_after_it(server: Server) -> None:
+    """What the client sends right behind its handshake, in the same segment, is not lost: it
+    waited in aiohttp's buffer and goes to the wire with the connection."""
+    tenant = await server.create_tenant()
+    token = await server.token(tenant.slug)
+    url = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        handshake = (
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        connect = masked_frame(0x81, f"40/{tenant.slug},{json.dumps({'token': token})}".encode())
+        writer.write(handshake + connect)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WITHIN)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        wire = WireSocket(reader, writer)
+        assert (await wire.text()).startswith("0{")
+        assert (await wire.text()).startswith(f"40/{tenant.slug},")
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_never_answers_the_servers_close_is_cut_off(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(patches, "CLOSE_TIMEOUT", 0.3)
+    tenant = await server.create_tenant()
+    wire = await WireSocket.open(server)
+    try:
+        await wire.join(server, tenant.slug)
+        engine = only_engine_socket(server, tenant.slug)
+        await engine.close(wait=False)
+        while (await wire.frame())[1] != CLOSE:
+            pass
+        # No close from the client: the server ends the connection anyway.
+        assert await wire.eof(within=5.0)
+        await eventually_closed(server, engine)
+    finally:
+        wire.close()
