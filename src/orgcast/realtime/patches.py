@@ -89,7 +89,7 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    ``_message_tail``, ``_buffer_paused``, ``_parser`` and ``_manager``; aiohttp's minor is
    pinned by tests/test_patches.py. A socket upgraded from long-polling, and any websocket
    with compression on, keeps aiohttp's websocket (``lean_websocket_handler`` or the
-   engine's). Memory per idle joined websocket at 5,000 sockets: 22.9 -> 5.4 KiB
+   engine's). Memory per idle joined websocket at 5,000 sockets: 22.8 -> 5.4 KiB
    (RESULTS.md "Round 4").
 """
 
