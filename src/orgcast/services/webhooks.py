@@ -237,7 +237,7 @@ class WebhookService:
         self.generation = -1  # none read yet: message writes look subscriptions up
         self.event_tenants: frozenset[int] = frozenset()  # any enabled endpoint
         self._types: dict[int, frozenset[str]] = {}
-        self._wake: list[Any] = []
+        self._wake: list[Callable[[bool], None]] = []
         self._refreshed: list[Callable[[], None]] = []
         control.subscribe(self._on_change)
 
@@ -246,8 +246,9 @@ class WebhookService:
         subscribed = self._types.get(tenant_id, frozenset())
         return "*" in subscribed or any(t in subscribed for t in types)
 
-    # The worker registers here to hear of new outbox rows written by this node.
-    def on_written(self, callback: Any) -> None:
+    # The worker registers here to hear of new outbox rows written by this node, and of a
+    # delivery made due at once (``due``: a redeliver).
+    def on_written(self, callback: Callable[[bool], None]) -> None:
         self._wake.append(callback)
 
     # Told after every refresh of the cached subscriptions (presence webhooks adopt the sockets
@@ -255,9 +256,9 @@ class WebhookService:
     def on_refreshed(self, callback: Callable[[], None]) -> None:
         self._refreshed.append(callback)
 
-    def written(self) -> None:
+    def written(self, *, due: bool = False) -> None:
         for callback in self._wake:
-            callback()
+            callback(due)
 
     async def refresh(self) -> None:
         async with self.sessions() as session:
@@ -402,7 +403,7 @@ class WebhookService:
                 updated_at=now,
             )
             session.add(copy)
-        self.written()
+        self.written(due=True)
         return delivery_dict(copy)
 
     # -- events decided outside the message path ------------------------------------------------
