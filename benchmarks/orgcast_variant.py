@@ -28,6 +28,9 @@ of dicts. ``ORGCAST_BENCH_WRITER=session`` stores the writer's batches through a
 most objects): to see what collections of a heap that grows with the sockets cost.
 ``ORGCAST_BENCH_WORKER=off`` starts no webhook delivery worker (outbox rows are still written):
 what delivering costs the node, apart from writing the outbox.
+``ORGCAST_BENCH_DRAIN_INTERVAL=SECONDS`` sets the webhook worker's pause between rounds while it
+has a backlog (``deliveries.MIN_ROUND_INTERVAL``, 0.005): a slower drain, to see what draining
+costs the message path.
 ``ORGCAST_BENCH_GC=library`` leaves Python's garbage collector as it is (no freeze after startup,
 youngest threshold 700; the same as ``ORGCAST_SERVER__GC_YOUNG_THRESHOLD=0``).
 ``ORGCAST_BENCH_GCLOG=FILE`` appends a line per collection of generation 1 or 2 (generation,
@@ -257,6 +260,10 @@ def main() -> int:
             await asyncio.Event().wait()
 
         DeliveryWorker.run = idle  # type: ignore[method-assign]
+    if os.environ.get("ORGCAST_BENCH_DRAIN_INTERVAL"):
+        from orgcast.services import deliveries
+
+        deliveries.MIN_ROUND_INTERVAL = float(os.environ["ORGCAST_BENCH_DRAIN_INTERVAL"])
     if os.environ.get("ORGCAST_BENCH_GC") == "library":
         os.environ["ORGCAST_SERVER__GC_YOUNG_THRESHOLD"] = "0"
     if os.environ.get("ORGCAST_BENCH_WIRE") == "aiohttp":

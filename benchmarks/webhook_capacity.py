@@ -20,7 +20,9 @@ import argparse
 import asyncio
 import os
 import secrets
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,7 +81,9 @@ async def undelivered(dsn: str) -> int:
         await connection.close()
 
 
-def one_run(label: str, src: str | None, events: int, cpu: int | None) -> dict[str, Any]:
+def one_run(
+    label: str, src: str | None, events: int, cpu: int | None, profile: str | None = None
+) -> dict[str, Any]:
     db = f"orgcast_whcap_{secrets.token_hex(4)}"
     asyncio.run(run.pg_exec(run.PG_ADMIN, (f'CREATE DATABASE "{db}"', ())))
     data_dir = tempfile.mkdtemp(prefix="orgcast-whcap-")
@@ -95,11 +99,20 @@ def one_run(label: str, src: str | None, events: int, cpu: int | None) -> dict[s
         ticks = run.cpu_ticks(target.pid), run.pg_backend_ticks(db)
         started = time.monotonic()
         created = asyncio.run(write_events(run.pg_dsn(db), events))
+        sampler = None
+        if profile:
+            # Collapsed stacks of the node while it drains (py-spy, if installed).
+            cmd = ["py-spy", "record", "-p", str(target.pid), "-f", "raw", "-r", "200",
+                   "-o", f"{profile}-{label}.txt"]  # fmt: skip
+            sampler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while asyncio.run(undelivered(run.pg_dsn(db))) > 0:
             if time.monotonic() - started > TIMEOUT_S:
                 raise RuntimeError(f"{label}: not delivered within {TIMEOUT_S:g} s")
             time.sleep(0.25)
         drained = time.monotonic() - started
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)
+            sampler.wait(timeout=30)
         server_s = (run.cpu_ticks(target.pid) - ticks[0]) / TICKS
         pg_s = (run.pg_backend_ticks(db) - ticks[1]) / TICKS
         samples = run.http("GET", receiver[1] + "/samples")
@@ -129,6 +142,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--src", action="append", default=[], metavar="LABEL=DIR")
+    parser.add_argument("--profile", metavar="PREFIX", help="py-spy stacks to PREFIX-LABEL.txt")
     args = parser.parse_args()
     sources: list[tuple[str, str | None]] = [
         (text.split("=", 1)[0], text.split("=", 1)[1]) for text in args.src
@@ -141,7 +155,7 @@ def main() -> int:
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in sources}
     for _ in range(args.repeats):
         for label, src in sources:
-            result = one_run(label, src, args.events, server_cpu)
+            result = one_run(label, src, args.events, server_cpu, args.profile)
             results[label].append(result)
             print(result, flush=True)
     print(f"load {os.getloadavg()[0]:.2f}, {time.strftime('%H:%M:%S', time.gmtime())} UTC")
