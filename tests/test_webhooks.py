@@ -6,6 +6,7 @@ signatures with the reference ``standardwebhooks`` package, not with orgcast's o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,26 @@ async def test_bad_input_gets_coded_4xx_errors(database_url: str, tmp_path: Path
         assert status == 204
         status, body = await node.request("GET", f"{base}/{ids[0]}", token=tenant.api_key)
         assert (status, body["error"]["code"]) == (404, "webhook_not_found")
+
+
+async def test_a_success_is_recorded_when_the_node_stops_right_after_the_post(
+    database_url: str, tmp_path: Path, target: Receiver
+) -> None:
+    # Successes are recorded by the worker's next round; a node stopping before that round
+    # records them on its way out (else its lease runs out and the batch goes out again).
+    settings = node_settings(database_url, tmp_path, webhooks=FAST)
+    async with start_server(settings) as first:
+        tenant = await first.create_tenant()
+        endpoint = await add_endpoint(first, tenant, target.url)
+        await publish(first, tenant, "news", "last words")
+        await asyncio.wait_for(target.arrived.wait(), timeout=10)
+    assert target.attempts == 1
+    async with start_server(settings) as second:
+        logged = await deliveries(second, tenant, endpoint["id"])
+    assert [(d["status"], d["attempt"], d["http_status"]) for d in logged] == [
+        ("delivered", 1, 200)
+    ]
+    assert target.attempts == 1
 
 
 async def test_the_delivery_log_pages_newest_first_and_redeliver_sends_the_events_again(

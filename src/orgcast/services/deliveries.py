@@ -188,7 +188,7 @@ class DeliveryWorker:
             room = 0
         delivered, self._delivered = self._delivered, []
         if room <= 0 and not delivered:
-            return False
+            return self._backlog
         claimed: list[store.Claimed] = []
         try:
             async with self._sessions.begin() as session:
