@@ -287,7 +287,7 @@ async def test_a_bad_packet_after_the_probe_abandons_the_upgrade(polling_server:
         wire.send("2probe")
         assert await wire.text() == "3probe"
         await publish(server, tenant.slug, "queued")
-        wire.send(f"42/{tenant.slug},[\"message\"]")
+        wire.send(f'42/{tenant.slug},["message"]')
         assert (await wire.frame())[1] == CLOSE
         # What was queued during the attempt is polled, before what follows.
         socket = engine_socket(server, polling.sid)
