@@ -95,8 +95,8 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    socket on long-polling (``EngineWire.upgrade``). Reads and sets the engine socket's
    ``upgrading``/``upgraded`` and python-socketio's ``environ`` table (``orgcast_environs``).
    Any websocket with compression on keeps aiohttp's websocket (``lean_websocket_handler`` or
-   the engine's). Memory per idle joined websocket at 5,000 sockets: 22.8 -> 5.4 KiB
-   (RESULTS.md "Round 4").
+   the engine's). Memory per idle joined websocket at 5,000 sockets: 22.8 -> 5.4 KiB, and
+   34.5 -> 5.5 KiB for one upgraded from long-polling (RESULTS.md "Round 4").
 """
 
 from __future__ import annotations
