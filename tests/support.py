@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import random
 import shutil
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -31,6 +32,8 @@ from orgcast.settings import (
     ServerSettings,
     Settings,
 )
+
+T = TypeVar("T")
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
@@ -285,6 +288,22 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 5
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(POLL_INTERVAL)
     return time.monotonic() - start
+
+
+async def stacks_if_stuck(work: Awaitable[T], within: float) -> T:
+    """Await ``work``; if it has not finished after ``within`` seconds, fail with the stack of
+    every task of the loop (where a hang is, which pytest's own timeout cannot show: it sees
+    only the loop waiting)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        stacks = io.StringIO()
+        for each in asyncio.all_tasks():
+            print(f"--- task {each.get_name()}", file=stacks)
+            each.print_stack(file=stacks)
+        task.cancel()
+        raise AssertionError(f"still running after {within} s; tasks:\n{stacks.getvalue()}")
+    return task.result()
 
 
 def eventually_sync(predicate: Callable[[], bool], within: float = 10.0) -> None:

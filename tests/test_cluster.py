@@ -18,7 +18,7 @@ import socketio
 
 from orgcast.settings import RedisSettings
 from tests.nodes import NodeProcess, private_redis
-from tests.support import Inbox, Server, eventually, node_settings, start_server
+from tests.support import Inbox, Server, eventually, node_settings, stacks_if_stuck, start_server
 
 TTL = 2.0  # redis.node_ttl_seconds for these tests: a dead node leaves within ~2.7 s
 
@@ -298,7 +298,7 @@ async def test_without_redis_a_node_keeps_delivering_locally_and_cross_node_resu
     pg_database: str, tmp_path: Path
 ) -> None:
     try:
-        await _outage_scenario(pg_database, tmp_path)
+        await stacks_if_stuck(_outage_scenario(pg_database, tmp_path), within=100)
     finally:
         gc.collect()
 
