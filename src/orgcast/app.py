@@ -56,6 +56,7 @@ from .state import (
 )
 from .store import schema
 from .store.engine import DB_ERRORS, create_autocommit_sessions, create_engine, create_sessions
+from .tasks import cancel_and_wait
 from .web import setup_pages
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,7 @@ async def _loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task])
 
 
 def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
@@ -200,9 +200,7 @@ def _services_ctx(migrate: bool):  # type: ignore[no-untyped-def]
         finally:
             await realtime.stop()
             await hub.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             for client in (redis, listener):
                 if client is not None:
                     await client.aclose()
@@ -272,8 +270,7 @@ async def _webhook_worker_ctx(app: web.Application) -> AsyncIterator[None]:
         await worker.stop()
         presence.stop()
         _, late = await asyncio.wait(tasks, timeout=5)
-        for task in late:
-            task.cancel()
+        await cancel_and_wait(late)
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

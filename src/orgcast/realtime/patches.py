@@ -127,6 +127,7 @@ from redis.exceptions import RedisError
 from socketio import packet as socket_packet
 
 from ..logs import Repeated
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -1470,10 +1471,9 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def close(self) -> None:
         """End the listener task and close every connection (``sio.shutdown`` leaves them)."""
         listener = getattr(self, "thread", None)
-        for task in (listener, self._publisher):
-            if isinstance(task, asyncio.Future):
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(
+            t for t in (listener, self._publisher) if isinstance(t, asyncio.Future)
+        )
         self._publisher = None
         await self._close_listener()
         if self.redis is not None:

@@ -53,6 +53,7 @@ from ..metrics import Metrics, NullMetrics
 from ..settings import WebhooksSettings
 from ..store import webhooks as store
 from ..store.engine import DB_ERRORS, Sessions
+from ..tasks import cancel_and_wait
 from .webhooks import WebhookService, forbidden_address, literal_ip, now_ms, sign
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,7 @@ class DeliveryWorker:
                 # rest are cancelled, and their leases run out for another node to retry them.
                 if self._tasks:
                     await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_SECONDS)
-                tasks = list(self._tasks)
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(list(self._tasks))
                 await self._flush()
 
     async def stop(self) -> None:

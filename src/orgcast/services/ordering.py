@@ -47,6 +47,7 @@ from ..errors import Unavailable
 from ..logs import Repeated
 from ..settings import MessagesSettings
 from ..store.messages import StoredRow
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -475,9 +476,7 @@ class OrderedDelivery:
             if state.timer is not None:
                 state.timer.cancel()
         self._rooms.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
 
     def tracked_rooms(self) -> int:
         return len(self._rooms)
