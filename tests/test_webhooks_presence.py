@@ -7,7 +7,6 @@ once, and leaving one node while still on the other is not offline.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from orgcast.state import PRESENCE_WEBHOOKS
 from tests.support import (
     RedisSettings,
     Server,
@@ -187,8 +187,14 @@ async def test_a_leave_decided_while_the_database_is_down_is_delivered_once_it_i
         await allow_connections(pg_server, database, False)
         try:
             await client.disconnect()
-            # The grace (0.5 s) runs out and the leave is decided while nothing can be written.
-            await asyncio.sleep(FAST.presence_grace_seconds + 1.5)
+            # The grace (0.5 s) runs out and the leave is decided while nothing can be written:
+            # its three events are kept, none delivered.
+            presence = node.app[PRESENCE_WEBHOOKS]
+
+            async def kept() -> bool:
+                return presence.kept == 3
+
+            await eventually(kept, within=10)
             assert len(target.events()) == 3
         finally:
             await allow_connections(pg_server, database, True)

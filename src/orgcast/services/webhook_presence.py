@@ -184,6 +184,11 @@ class PresenceWebhooks(HubListener):
             "webhooks: database unavailable; %d presence events kept to retry", len(self._pending)
         )
 
+    @property
+    def kept(self) -> int:
+        """Events decided while the database was unavailable, waiting to be written."""
+        return len(self._pending)
+
     async def flush(self) -> int:
         """Write the kept events, oldest first, until one fails; returns how many are left."""
         while self._pending:
