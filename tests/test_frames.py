@@ -145,6 +145,17 @@ class WireSocket:
                 continue
             return payload.decode()
 
+    async def until_close(self) -> tuple[list[bytes], int, bytes]:
+        """Frames up to the server's close: (the text frames' payloads before it, the close
+        code, the close payload); any other frame before the close fails."""
+        before = []
+        while True:
+            _, opcode, payload = await self.frame()
+            if opcode == CLOSE:
+                return before, struct.unpack("!H", payload[:2])[0], payload
+            assert opcode == TEXT, (opcode, payload)
+            before.append(payload)
+
     async def eof(self, within: float = WITHIN) -> bool:
         """The server ended the connection (a reset too: the server may close before the
         client's half of the close handshake arrives)."""
@@ -301,12 +312,8 @@ async def test_a_close_from_the_client_is_answered_with_a_close_and_the_connecti
     wire = await WireSocket.open(server)
     await wire.join(server, tenant.slug)
     wire.send(struct.pack("!H", 1000) + b"bye", CLOSE)  # fmt: skip
-    while True:
-        _, opcode, payload = await wire.frame()
-        if opcode == CLOSE:
-            break
-        assert opcode == TEXT, (opcode, payload)  # what was already on its way, then the close
-    assert struct.unpack("!H", payload[:2])[0] == 1000
+    _, code, _ = await wire.until_close()  # what was already on its way, then the close
+    assert code == 1000
     assert await wire.eof()
     wire.close()
 
@@ -323,12 +330,8 @@ async def test_a_close_from_the_server_comes_after_what_was_queued_and_ends_the_
         engine = only_engine_socket(server, tenant.slug)
         await engine.send(engine_packet.Packet(engine_packet.MESSAGE, "last words"))
         await engine.close(wait=False)
-        texts = []
-        while True:
-            _, opcode, payload = await wire.frame()
-            if opcode == CLOSE:
-                break
-            texts.append(payload.decode())
+        before, _, payload = await wire.until_close()
+        texts = [frame.decode() for frame in before]
         assert texts == ["4last words", "1"], texts  # the message, then the engine's CLOSE
         wire.send(payload[:2], CLOSE)  # the client's half of the handshake
         assert await wire.eof()
@@ -342,11 +345,8 @@ async def test_a_frame_over_the_size_limit_closes_the_connection(server: Server)
     await wire.join(server, tenant.slug)
     limit = server.settings.server.max_packet_bytes
     wire.send("4" + "x" * limit)
-    while True:
-        _, opcode, payload = await wire.frame()
-        if opcode == CLOSE:
-            break
-    assert struct.unpack("!H", payload[:2])[0] == 1009  # message too big
+    _, code, _ = await wire.until_close()
+    assert code == 1009  # message too big
     assert await wire.eof()
     wire.close()
 
@@ -461,11 +461,8 @@ async def test_a_frame_that_breaks_the_protocol_fails_the_connection_with_its_co
         await wire.join(server, tenant.slug)
         engine = only_engine_socket(server, tenant.slug)
         wire.writer.write(frame)
-        while True:
-            _, opcode, payload = await wire.frame()
-            if opcode == CLOSE:
-                break
-        assert struct.unpack("!H", payload[:2])[0] == code
+        _, closed_with, _ = await wire.until_close()
+        assert closed_with == code
         assert await wire.eof()
         await eventually_closed(server, engine)
     finally:
