@@ -167,9 +167,7 @@ def measure(
         if target is not None:
             run.stop(target.proc)
         if name == "orgcast":
-            with contextlib.suppress(Exception):
-                drop = f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'
-                asyncio.run(run.pg_exec(run.PG_ADMIN, (drop, ())))
+            run.drop_database(db)
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

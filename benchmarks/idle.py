@@ -206,9 +206,7 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
         if target is not None:
             run.stop(target.proc)
         if orgcast:
-            with contextlib.suppress(Exception):
-                drop = f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'
-                asyncio.run(run.pg_exec(run.PG_ADMIN, (drop, ())))
+            run.drop_database(db)
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -369,6 +369,12 @@ def webhook_lag(target: Target, duration_s: float) -> dict[str, Any] | None:
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
+def drop_database(name: str) -> None:
+    """Drop a benchmark's throwaway database (its server stopped); a failure is not the run's."""
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        asyncio.run(pg_exec(PG_ADMIN, (f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', ())))
+
+
 async def pg_exec(dsn: str, *statements: tuple[str, tuple[Any, ...]]) -> list[Any]:
     connection = await asyncpg.connect(dsn)
     try:
@@ -1318,9 +1324,7 @@ def main() -> int:
             if "receiver" in target.extra:
                 stop(target.extra["receiver"][0])
         for name in db_names:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                asyncio.run(pg_exec(PG_ADMIN, (drop, ())))
+            drop_database(name)
         shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(gen.tmp, ignore_errors=True)
     info["loadavg_end"] = list(os.getloadavg())

@@ -134,7 +134,7 @@ def one_run(
         if target is not None:
             run.stop(target.proc)
             run.stop(target.extra["receiver"][0])
-        asyncio.run(run.pg_exec(run.PG_ADMIN, (f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', ())))
+        run.drop_database(db)
 
 
 def main() -> int:
