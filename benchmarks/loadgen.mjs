@@ -188,6 +188,23 @@ async function settle(progress, done, quietMs, maxMs) {
   }
 }
 
+// How long until the webhook receiver at `url` has at least `events` events (polled every 50 ms,
+// at most 60 s): the time the server's delivery worker took to catch up. null if it did not.
+async function drained(url, events) {
+  const t0 = now();
+  while (now() - t0 < 60000) {
+    const response = await fetch(url);
+    if ((await response.json()).events >= events) {
+      const ms = Math.round(now() - t0);
+      note(`webhook backlog drained in ${ms} ms`);
+      return ms;
+    }
+    await sleep(50);
+  }
+  note("webhook backlog not drained in 60 s");
+  return null;
+}
+
 // -- (a) fan-out: one room, N clients, saturation search on the sender rate ------------------
 
 async function fanout() {
@@ -419,6 +436,7 @@ async function chat() {
   }
 
   const saturation = await closedLoop(cfg.duration_s);
+  if (cfg.webhook_count_url) saturation.drain_ms = await drained(cfg.webhook_count_url, saturation.sent);
   const halfRate = Math.max(1, Math.round(saturation.stored_and_delivered_per_s / 2));
   const half = await openLoop(halfRate, cfg.duration_s);
   closeAll(sockets);

@@ -22,7 +22,12 @@ figures against orgcast as configured.
 
 A variant with ``ORGCAST_BENCH_WEBHOOK=1`` also gets a fast local webhook receiver
 (``benchmarks/webhook_receiver.py``) and one endpoint on the benchmark tenant subscribed to
-``message.created``; its chat results then carry the webhook delivery lag.
+``message.created``; its chat results then carry the webhook delivery lag. Its chat scenario
+waits, between the saturation phase and the half-saturation one, until the receiver has every
+event of the saturation phase (``drain_ms`` in the result: how long the worker took to catch up
+after the overload), so that the half-saturation phase measures the endpoint's cost at that load,
+not the catching up after the load before it; ``ORGCAST_BENCH_WEBHOOK_DRAIN=0`` starts it at
+once instead, with the backlog still draining (as every figure before round 5 did).
 
 Scenarios: memory (RSS per idle socket), storm (connect storm with JWTs), fanout (1 room x 200
 clients, saturation search), chat (500 rooms of 2, everyone sending), lowfan and lowrooms (low
@@ -307,6 +312,7 @@ def start_orgcast(
     target.extra["api_token"] = minted["token"]
     if (overrides or {}).get("ORGCAST_BENCH_WEBHOOK") == "1":
         target.extra["receiver"] = start_receiver(RECEIVER_CPU[0])
+        target.extra["drain"] = (overrides or {}).get("ORGCAST_BENCH_WEBHOOK_DRAIN") != "0"
         http(
             "POST",
             f"{url}/api/v1/tenants/{SLUG}/webhooks",
@@ -728,6 +734,9 @@ def run_fanout(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, A
 
 def run_chat(target: Target, gen: Generator, p: dict[str, Any]) -> dict[str, Any]:
     config = {**base(target, "chat", 1000), "clients": 1000, "window": 1, "grace_s": 3, **p}
+    receiver = target.extra.get("receiver")
+    if receiver is not None and target.extra.get("drain", True):
+        config["webhook_count_url"] = receiver[1] + "/count"
     out = measure(target, gen, config)
     lag = webhook_lag(target, p["duration_s"])
     if lag is not None:
@@ -1129,7 +1138,9 @@ def ab_metrics(scenario: str, run: dict[str, Any]) -> dict[str, float | None]:
             "chat stored+delivered/s": sat.get("stored_and_delivered_per_s"),
             "chat msgs per server CPU-s": per_cpu(sat, "stored_and_delivered_per_s"),
             "chat ack p50 ms at saturation": (sat.get("ack_latency") or {}).get("p50_ms"),
+            "chat p50 ms at half saturation": (half.get("latency") or {}).get("p50_ms"),
             "chat p99 ms at half saturation": (half.get("latency") or {}).get("p99_ms"),
+            "chat webhook backlog drained ms (after saturation)": sat.get("drain_ms"),
             "chat webhook lag p50 ms (half saturation)": (run.get("webhooks") or {}).get(
                 "half_lag_p50_ms"
             ),

@@ -3,8 +3,9 @@ was created (the event's ``created_at``) and how long after that it arrived.
 
     python benchmarks/webhook_receiver.py --port 9000
 
-``GET /samples`` returns ``{"created_at": [...], "lag_ms": [...], "requests": N}``;
-``POST /reset`` forgets them. Signatures are not checked: the suite does that; this measures.
+``GET /samples`` returns ``{"created_at": [...], "lag_ms": [...], "requests": N}``,
+``GET /count`` just ``{"events": N}`` (cheap enough to poll); ``POST /reset`` forgets them.
+Signatures are not checked: the suite does that; this measures.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ async def samples(_: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 
+async def count(_: web.Request) -> web.Response:
+    body = orjson.dumps({"events": len(created)})
+    return web.Response(body=body, content_type="application/json")
+
+
 async def reset(_: web.Request) -> web.Response:
     global requests
     created.clear()
@@ -51,6 +57,7 @@ def main() -> None:
     app = web.Application()
     app.router.add_post("/hook", receive)
     app.router.add_get("/samples", samples)
+    app.router.add_get("/count", count)
     app.router.add_post("/reset", reset)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
