@@ -1,13 +1,15 @@
 """Idle sockets on one node: RSS per socket, idle CPU with default heartbeats, connect rate.
 
     python benchmarks/idle.py [--sizes 1000,5000,19500] [--targets orgcast,reference,node]
-                              [--idle-s 60] [--trace]
+                              [--idle-s 60] [--trace] [--upgrade]
 
 Each size runs against a fresh server process: a warm-up of 50 sockets is connected and closed,
 then RSS is read, ``N`` raw websocket clients (``rawclients.py``, in processes of their own on the
 other CPU) connect, join one of 100 rooms and stay idle; RSS is read again, and the server's CPU
 over ``--idle-s`` seconds of idleness gives the idle CPU share (one ping round per ping interval).
-The generator's own CPU is reported next to every figure.
+The generator's own CPU is reported next to every figure. With ``--upgrade`` every client opens
+its session on long-polling and upgrades it to a websocket (as browsers and the official client
+do by default) instead of opening the websocket directly.
 
 ``--trace`` (orgcast only) runs the server under tracemalloc and prints the allocation sites that
 grew with the sockets, per socket (by file:line of the innermost frame outside the standard
@@ -48,7 +50,9 @@ def clients_cmd(path: Path, cpu: int | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def holding(target: run.Target, n: int, cpu: int | None, tmp: Path) -> Iterator[dict[str, Any]]:
+def holding(
+    target: run.Target, n: int, cpu: int | None, tmp: Path, upgrade: bool = False
+) -> Iterator[dict[str, Any]]:
     """Connect ``n`` idle joined sockets (in processes of at most 10,000); yields the connect
     figures; on exit closes them and adds the generator's CPU over the hold."""
     tokens = target.tokens(n)
@@ -60,7 +64,7 @@ def holding(target: run.Target, n: int, cpu: int | None, tmp: Path) -> Iterator[
         path = tmp / f"clients-{start}-{time.monotonic_ns()}.json"
         path.write_text(json.dumps({
             "url": target.url, "namespace": target.namespace, "tokens": chunk,
-            "room": "idle", "rooms": 100, "concurrency": 50,
+            "room": "idle", "rooms": 100, "concurrency": 50, "upgrade": upgrade,
         }))  # fmt: skip
         procs.append(subprocess.Popen(clients_cmd(path, cpu), stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE))  # fmt: skip
@@ -172,17 +176,18 @@ def measure(name: str, n: int, args: argparse.Namespace, cpus: tuple[Any, Any]) 
     trace = tmp if args.trace and orgcast else None
     if orgcast:
         asyncio.run(run.pg_exec(run.PG_ADMIN, (f'CREATE DATABASE "{db}"', ())))
-    out: dict[str, Any] = {"target": name, "sockets": n, "load_start": os.getloadavg()[0]}
+    out: dict[str, Any] = {"target": name, "sockets": n, "upgrade": args.upgrade,
+                           "load_start": os.getloadavg()[0]}  # fmt: skip
     target = None
     try:
         target = start(name, server_cpu, db, data_dir, trace, args.variants)
-        with holding(target, 50, gen_cpu, tmp):
+        with holding(target, 50, gen_cpu, tmp, args.upgrade):
             pass
         time.sleep(1.0)
         first = snapshot(target, tmp, 1) if trace else None
         out["rss_before_kb"] = run.rss_kb(target.pid)
         ticks0 = run.cpu_ticks(target.pid)
-        with holding(target, n, gen_cpu, tmp) as info:
+        with holding(target, n, gen_cpu, tmp, args.upgrade) as info:
             connect_cpu = (run.cpu_ticks(target.pid) - ticks0) / run.CLK_TCK
             out["server_connect_cpu_s"] = round(connect_cpu, 2)
             time.sleep(2.0)
@@ -263,6 +268,8 @@ def main() -> int:
     parser.add_argument("--targets", default="orgcast,reference,node")
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="clients start on long-polling, then upgrade")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[],
                         help="LABEL:ENV=VALUE[,ENV=VALUE]: one more orgcast, run after each "
                              "target at every size (as in run.py)")  # fmt: skip

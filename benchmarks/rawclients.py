@@ -4,7 +4,10 @@ engine.io/Socket.IO to connect with a token, join a room and answer pings.
     python benchmarks/rawclients.py CONFIG.json
 
 CONFIG: ``url``, ``namespace``, ``tokens`` (one per client), ``clients``, ``room`` (optional; each
-client joins ``<room><i % rooms>``), ``rooms``, ``concurrency`` (connects in flight). Prints one
+client joins ``<room><i % rooms>``), ``rooms``, ``concurrency`` (connects in flight), ``upgrade``
+(optional: each client opens its session with a long-polling handshake on a connection of its
+own, closed after it, then upgrades it to a websocket as the official client does: "2probe",
+"3probe", "5"; the namespace connect and join go over the websocket). Prints one
 JSON line ``{"holding": n, "connect_s": ..., "cpu_s": ...}`` once every client is connected and
 joined, then holds them until a line arrives on stdin, answers engine.io pings meanwhile, and
 prints a last JSON line with its own CPU time over the hold (``hold_cpu_s``) before it exits.
@@ -19,6 +22,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -46,12 +50,15 @@ def cpu_s() -> float:
 
 
 class Client(asyncio.Protocol):
-    __slots__ = ("buffer", "ns", "ready", "room", "state", "token", "transport", "upgraded")
+    __slots__ = ("buffer", "ns", "probing", "ready", "room", "state", "token", "transport",
+                 "upgraded")  # fmt: skip
 
-    def __init__(self, token: str, ns: str, room: str | None, ready: asyncio.Future[None]):
+    def __init__(self, token: str, ns: str, room: str | None, ready: asyncio.Future[None],
+                 probing: bool = False):  # fmt: skip
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.upgraded = False
+        self.probing = probing  # upgrading a long-polling session: the probe comes first
         self.state = 0  # 0 open, 1 connect sent, 2 join sent, 3 idle
         self.ready = ready
         self.token = token
@@ -77,6 +84,8 @@ class Client(asyncio.Protocol):
                 return
             self.upgraded = True
             buf = buf[end + 4 :]
+            if self.probing:
+                self.send("2probe")
         while len(buf) >= 2:
             opcode = buf[0] & 0x0F
             n = buf[1] & 0x7F
@@ -118,6 +127,17 @@ class Client(asyncio.Protocol):
         if payload == b"2":
             self.send("3")
             return
+        if payload == b"6":  # a NOOP (the upgrade's)
+            return
+        if self.probing:
+            if payload != b"3probe":
+                self.fail("upgrade failed: " + payload.decode(errors="replace"))
+                return
+            self.probing = False
+            self.send("5")
+            self.send(f"40{self.ns}," + json.dumps({"token": self.token}))
+            self.state = 1
+            return
         if self.state == 0 and payload[:1] == b"0":
             self.send(f"40{self.ns}," + json.dumps({"token": self.token}))
             self.state = 1
@@ -139,14 +159,38 @@ class Client(asyncio.Protocol):
                 self.ready.set_result(None)
 
 
-async def connect(host: str, port: int, path: str, token: str, ns: str, room: str | None) -> Client:
+async def polling_session(host: str, port: int, path: str) -> str:
+    """A long-polling handshake on a connection closed after it; returns the session id."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            f"GET {path}?EIO=4&transport=polling HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        answer = await reader.read(-1)
+    finally:
+        writer.close()
+    found = re.search(rb'"sid":"([^"]+)"', answer)
+    if not answer.startswith(b"HTTP/1.1 200") or found is None:
+        raise ConnectionError("polling handshake refused: " + answer[:80].decode(errors="replace"))
+    return found.group(1).decode()
+
+
+async def connect(
+    host: str, port: int, path: str, token: str, ns: str, room: str | None, upgrade: bool = False
+) -> Client:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
-    _, client = await loop.create_connection(lambda: Client(token, ns, room, ready), host, port)
+    query = "EIO=4&transport=websocket"
+    if upgrade:
+        query += "&sid=" + await polling_session(host, port, path)
+    _, client = await loop.create_connection(
+        lambda: Client(token, ns, room, ready, probing=upgrade), host, port
+    )
     key = base64.b64encode(os.urandom(16)).decode()
     client.send_raw(
         (
-            f"GET {path}?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"GET {path}?{query} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
@@ -165,6 +209,7 @@ async def main(config: dict[str, Any]) -> None:
     rooms = config.get("rooms", 1)
     room = config.get("room")
     gate = asyncio.Semaphore(config.get("concurrency", 100))
+    upgrade = bool(config.get("upgrade"))
 
     failed: dict[str, int] = {}
 
@@ -172,7 +217,9 @@ async def main(config: dict[str, Any]) -> None:
         async with gate:
             name = None if room is None else f"{room}{i % rooms}"
             try:
-                return await asyncio.wait_for(connect(host, port, path, tokens[i], ns, name), 300)
+                return await asyncio.wait_for(
+                    connect(host, port, path, tokens[i], ns, name, upgrade), 300
+                )
             except (OSError, TimeoutError) as exc:
                 key = type(exc).__name__
                 failed[key] = failed.get(key, 0) + 1

@@ -48,6 +48,7 @@ async def test_official_js_client_speaks_the_realtime_contract(polling_server: S
         "alice": await server.token(tenant.slug, "alice", name="Alice"),
         "bob": await server.token(tenant.slug, "bob"),
         "carol": await server.token(tenant.slug, "carol"),
+        "dave": await server.token(tenant.slug, "dave"),
         "expired": sign(tenant, exp=int(time.time()) - 60),
     }
     result = await run_node(
@@ -114,11 +115,20 @@ async def test_official_js_client_speaks_the_realtime_contract(polling_server: S
     assert carol["sent"]["seq"] == 2
     assert run["bobGotCarol"]["body"] == "from polling"
     assert run["bobGotCarol"]["sender"] == {"id": "carol", "name": "carol"}
-    # The sender never hears its own broadcast: alice got carol's message only.
-    assert [m["seq"] for m in run["aliceInbox"]] == [2]
+    # The sender never hears its own broadcast: alice got carol's, bob's and dave's messages.
+    assert [m["seq"] for m in run["aliceInbox"]] == [2, 3, 4]
     history = run["history"]
     assert [(m["seq"], m["sender"]["id"]) for m in history["messages"]] == [
         (1, "alice"),
         (2, "carol"),
     ]
     assert history["has_more"] is False
+    # Default transports: connected on long-polling, upgraded, then messages both ways.
+    dave = run["dave"]
+    # (the upgrade may complete before the namespace connect does)
+    assert dave["connect"]["connected"] is True
+    assert dave["upgraded"] is True and dave["transport"] == "websocket"
+    assert dave["join"]["ok"] is True and dave["join"]["seq"] == 2
+    assert (dave["got"]["seq"], dave["got"]["body"]) == (3, "to the upgraded")
+    assert dave["sent"]["seq"] == 4
+    assert (dave["bobGot"]["seq"], dave["bobGot"]["body"]) == (4, "from the upgraded")

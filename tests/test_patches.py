@@ -354,3 +354,22 @@ def test_patch_10_engine_wire_is_the_queue_websocket_and_protocol_patch_9_reads(
         assert slot in patches.EngineWire.__slots__, slot
     assert inspect.iscoroutinefunction(wire._drain_helper)
     assert inspect.iscoroutinefunction(wire.close) and inspect.iscoroutinefunction(wire.send)
+
+
+def test_patch_10_upgrades_as_the_engine_does() -> None:
+    pinned = {
+        # The upgrade the wire does itself: probe, "3probe", a NOOP for the poll in flight, the
+        # upgrade packet; ``upgrading``/``upgraded`` as it sets them.
+        engine_socket.AsyncSocket._websocket_handler: "27f120df4d717a24",
+        # An upgraded socket is refused before the websocket class is called; the websocket
+        # class is called with the socket's bound ``_websocket_handler``.
+        engine_socket.AsyncSocket._upgrade_websocket: "820b83efe96adb98",
+        # While ``upgrading`` a poll gets a NOOP at once and the queue stays as it is.
+        engine_socket.AsyncSocket.handle_get_request: "05eaae9f0a60d9be",
+        # The environ an upgrade trims is python-socketio's, filed by session id.
+        socketio.AsyncServer._handle_eio_connect: "76704886d944a7e6",
+    }
+    for method, digest in pinned.items():
+        assert source_hash(method) == digest, f"patch 10: {method.__qualname__} changed"
+    assert patches.PROBE == engine_packet.Packet(engine_packet.PING, data="probe").encode()
+    assert patches.UPGRADE == engine_packet.Packet(engine_packet.UPGRADE).encode()

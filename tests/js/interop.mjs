@@ -1,6 +1,6 @@
 // Interop check with the official socket.io-client, driven by tests/test_js_interop.py.
 // Usage: node tests/js/interop.mjs '<json config>'; prints one JSON result line on stdout.
-// Config: { url, slug, suspendedSlug, allowedOrigin, tokens: { alice, bob, carol, expired } }.
+// Config: { url, slug, suspendedSlug, allowedOrigin, tokens: { alice, bob, carol, dave, expired } }.
 import { io } from "socket.io-client";
 
 const config = JSON.parse(process.argv[2]);
@@ -112,6 +112,27 @@ async function messaging() {
   const carolSent = await carol.timeout(WITHIN).emitWithAck("message", { room: "lobby", body: "from polling" });
   const bobGotCarol = await bobFromCarol;
   const history = await bob.timeout(WITHIN).emitWithAck("history", { room: "lobby" });
+  // The default transports (long-polling, then the upgrade to a websocket): both ways once
+  // upgraded, after the history above was read.
+  const dave = open(ns, { auth: { token: config.tokens.dave }, transports: ["polling", "websocket"] });
+  const daveConnect = await outcome(dave, "dave");
+  step = "upgrade";
+  const daveUpgraded =
+    dave.io.engine.transport.name === "websocket" ||
+    (await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), WITHIN);
+      dave.io.engine.once("upgrade", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    }));
+  const daveJoin = await dave.timeout(WITHIN).emitWithAck("join", { room: "lobby" });
+  const daveReceives = nextEvent(dave, "message");
+  await bob.timeout(WITHIN).emitWithAck("message", { room: "lobby", body: "to the upgraded" });
+  const daveGot = await daveReceives;
+  const bobFromDave = nextEvent(bob, "message");
+  const daveSent = await dave.timeout(WITHIN).emitWithAck("message", { room: "lobby", body: "from the upgraded" });
+  const bobGotDave = await bobFromDave;
   // Give a wrongly echoed broadcast time to arrive before reading alice's inbox.
   await new Promise((resolve) => setTimeout(resolve, 300));
   return {
@@ -127,6 +148,15 @@ async function messaging() {
     carol: { connect: carolConnect, join: carolJoin, sent: carolSent, transport: carol.io.engine.transport.name },
     bobGotCarol,
     history,
+    dave: {
+      connect: daveConnect,
+      upgraded: daveUpgraded,
+      join: daveJoin,
+      got: daveGot,
+      sent: daveSent,
+      bobGot: bobGotDave,
+      transport: dave.io.engine.transport.name,
+    },
   };
 }
 

@@ -87,10 +87,16 @@ are from benchmarks/RESULTS.md ("What each change bought", quick mode, same invo
    a task only while some wait. It is also the ``LeanQueue``'s websocket and protocol, so
    patch 9 writes to it unchanged. Reads the ``RequestHandler``'s ``transport``,
    ``_message_tail``, ``_buffer_paused``, ``_parser`` and ``_manager``; aiohttp's minor is
-   pinned by tests/test_patches.py. A socket upgraded from long-polling, and any websocket
-   with compression on, keeps aiohttp's websocket (``lean_websocket_handler`` or the
-   engine's). Memory per idle joined websocket at 5,000 sockets: 22.8 -> 5.4 KiB
-   (RESULTS.md "Round 4").
+   pinned by tests/test_patches.py. A websocket upgrading a long-polling socket is handed
+   over the same way (``PlainWebSocket.__call__`` for a connected lean socket), and the wire
+   does the engine's upgrade (``AsyncSocket._websocket_handler``) itself: ``upgrading`` while
+   it waits for the probe and the upgrade packet, the queue attached only once the upgrade
+   completes (what waited in it is written first, in order); a failed upgrade leaves the
+   socket on long-polling (``EngineWire.upgrade``). Reads and sets the engine socket's
+   ``upgrading``/``upgraded`` and python-socketio's ``environ`` table (``orgcast_environs``).
+   Any websocket with compression on keeps aiohttp's websocket (``lean_websocket_handler`` or
+   the engine's). Memory per idle joined websocket at 5,000 sockets: 22.8 -> 5.4 KiB, and
+   34.5 -> 5.5 KiB for one upgraded from long-polling (RESULTS.md "Round 4").
 """
 
 from __future__ import annotations
@@ -147,9 +153,14 @@ def websocket_class(
         async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
             request = environ["aiohttp.request"]
             socket: Any = getattr(self.handler, "__self__", None)
-            lean = isinstance(getattr(socket, "queue", None), LeanQueue) and not socket.connected
+            lean = isinstance(getattr(socket, "queue", None), LeanQueue)
             if lean and not compress and HAND_OVER:
-                return hand_over(request, socket, environ, check)
+                if not socket.connected:
+                    return hand_over(request, socket, environ, check)
+                if socket.upgrading:
+                    return web.json_response(UPGRADING_ERROR, status=400)
+                return hand_over(request, socket, environ, check, upgrade=True)
+            lean = lean and not socket.connected
             self._sock = web.WebSocketResponse(
                 max_msg_size=self.server.max_http_buffer_size, compress=compress
             )
@@ -614,6 +625,8 @@ def install_lean_sockets(sio: socketio.AsyncServer) -> None:
     eio.orgcast_pings = PingWheel(eio.ping_interval)
     eio.orgcast_batch = WriteBatch()
     eio._service_task = types.MethodType(_service_task, eio)
+    # python-socketio's environ of each connection: an upgrade trims it as ``hand_over`` does.
+    eio.orgcast_environs = sio.environ
     on_connect = eio.handlers["connect"]
 
     async def connect(eio_sid: str, environ: dict[str, Any]) -> Any:
@@ -758,6 +771,18 @@ _CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0
 CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_TEXT, CLOSE_TOO_BIG = 1000, 1002, 1007, 1009
 # How long a close this side started waits for the client's close before the connection is cut.
 CLOSE_TIMEOUT = 10.0
+# How long a websocket upgrading a long-polling socket may take to send its probe and its
+# upgrade packet before the upgrade is abandoned (the socket stays on long-polling).
+UPGRADE_TIMEOUT = 10.0
+# The answer to a second upgrade of a socket while its first is still going on.
+UPGRADING_ERROR = {
+    "error": {"code": "upgrade_in_progress", "message": "this session is already upgrading"}
+}
+# An upgrading wire's state: waiting for the probe ("2probe"), then for the upgrade ("5").
+_PROBE, _UPGRADE = 1, 2
+PROBE = "2probe"
+PROBE_ANSWER = _frame("3probe")
+UPGRADE = str(engine_packet.UPGRADE)
 # Messages received while an earlier one is still being handled (a namespace connect waits for
 # the database): past this many the connection stops being read until they are handled.
 PENDING_MAX = 64
@@ -785,7 +810,8 @@ class EngineWire(asyncio.Protocol):
 
     __slots__ = ("_buffer", "_check", "_close_timer", "_closed", "_closing", "_drain_waiter",
                  "_ended", "_fragments", "_limit", "_paused", "_pending", "_read_paused",
-                 "_socket", "_task", "after_close", "transport")  # fmt: skip
+                 "_socket", "_task", "_upgrade", "_upgrade_timer", "after_close",
+                 "transport")  # fmt: skip
 
     def __init__(self, socket: Any, transport: Any, check: FrameCheck | None) -> None:
         self._socket = socket
@@ -808,6 +834,72 @@ class EngineWire(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         # Called once the connection is gone (the access log line of the handshake request).
         self.after_close: Callable[[], None] | None = None
+        # For a websocket upgrading a long-polling socket (``upgrade``): ``_PROBE``, ``_UPGRADE``,
+        # or 0 once it serves the socket (or was opened directly).
+        self._upgrade = 0
+        self._upgrade_timer: asyncio.TimerHandle | None = None
+
+    # -- upgrading a long-polling socket --------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Serve a long-polling socket once its client completes the upgrade, as the engine's
+        ``AsyncSocket._websocket_handler`` does: the socket is ``upgrading`` (its polls get a NOOP
+        at once, what is queued for it stays queued), the client's probe ("2probe") is answered
+        with "3probe" and a NOOP ends the poll in flight, and its upgrade packet ("5") makes this
+        websocket the socket's transport: the queue is attached and writes, in order, whatever
+        waited in it. Anything else first, a close, a lost connection or ``UPGRADE_TIMEOUT``
+        without the upgrade abandons it: the websocket is closed and the socket goes on polling
+        (the engine leaves a socket whose client closed before its probe ``upgrading`` for good,
+        its polls answered with NOOPs until it times out, and waits for a probe forever)."""
+        self._upgrade = _PROBE
+        self._socket.upgrading = True
+        loop = asyncio.get_running_loop()
+        self._upgrade_timer = loop.call_later(UPGRADE_TIMEOUT, self._upgrade_timed_out)
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_timer = None
+        if self._upgrade:
+            socket = self._socket
+            socket.server.logger.info("%s: Failed websocket upgrade, timed out", socket.sid)
+            self._abandon()
+
+    def _upgrading(self, data: Any) -> None:
+        """One message while upgrading (after the frame guard)."""
+        socket = self._socket
+        if self._upgrade == _PROBE and data == PROBE:
+            self._upgrade = _UPGRADE
+            self.transport.write(PROBE_ANSWER)
+            socket.queue.put_nowait(engine_packet.Packet(engine_packet.NOOP))  # ends the poll
+            return
+        if self._upgrade == _UPGRADE and data == UPGRADE and not (socket.closing or socket.closed):
+            self._upgraded()
+            return
+        socket.server.logger.info(
+            "%s: Failed websocket upgrade, received %r", socket.sid, str(data)[:32]
+        )
+        self._abandon()
+
+    def _upgraded(self) -> None:
+        socket = self._socket
+        self._upgrade = 0
+        timer, self._upgrade_timer = self._upgrade_timer, None
+        if timer is not None:
+            timer.cancel()
+        environ = getattr(socket.server, "orgcast_environs", {}).get(socket.sid)
+        if environ is not None:
+            request = environ.get("aiohttp.request")
+            trim_environ(environ)
+            if request is not None:
+                environ.pop("aiohttp.request", None)
+                environ["orgcast.remote"] = request.remote
+        socket.upgraded = True
+        socket.upgrading = False
+        socket.queue.attach(socket, self, getattr(socket.server, "orgcast_batch", None))
+
+    def _abandon(self) -> None:
+        """The upgrade failed: the socket stays on long-polling, this websocket closes."""
+        self._end()
+        self._start_close()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -924,6 +1016,9 @@ class EngineWire(asyncio.Protocol):
         socket = self._socket
         if self._check is not None:
             data = self._check(socket.sid, data)
+        if self._upgrade:
+            self._upgrading(data)
+            return
         if data == PONG:
             socket.schedule_ping()
             return
@@ -982,6 +1077,14 @@ class EngineWire(asyncio.Protocol):
             return
         self._ended = True
         self._pending = None
+        if self._upgrade:
+            # An upgrade that did not complete: the engine socket never used this websocket.
+            self._upgrade = 0
+            timer, self._upgrade_timer = self._upgrade_timer, None
+            if timer is not None:
+                timer.cancel()
+            self._socket.upgrading = False
+            return
         queue = self._socket.queue
         queue.put_nowait(None)
         queue._start_task()
@@ -1005,6 +1108,9 @@ class EngineWire(asyncio.Protocol):
         """Start the close handshake (the queue's writer calls this once nothing more will be
         written): the connection ends when the client's close arrives, or after
         ``CLOSE_TIMEOUT``."""
+        self._start_close()
+
+    def _start_close(self) -> None:
         if self._closed:
             return
         if not self._closing:
@@ -1085,7 +1191,12 @@ class HandedOver(web.StreamResponse):
 
 
 def hand_over(
-    request: web.Request, socket: Any, environ: dict[str, Any], check: FrameCheck | None
+    request: web.Request,
+    socket: Any,
+    environ: dict[str, Any],
+    check: FrameCheck | None,
+    *,
+    upgrade: bool = False,
 ) -> HandedOver:
     """Answer a websocket handshake for a new lean engine socket and take its connection from
     aiohttp: the 101 is written here, the transport gets an ``EngineWire`` as its protocol, and
@@ -1096,7 +1207,11 @@ def hand_over(
     ``prepare``; a bad handshake raises its 400) and the ``RequestHandler``'s ``transport``,
     ``_message_tail`` (what the client sent after its handshake), ``_buffer_paused``, ``_parser``
     and ``_manager``. The environ keeps the client's address (``orgcast.remote``) instead of
-    the request."""
+    the request.
+
+    With ``upgrade``, the websocket upgrades a connected long-polling socket (``EngineWire.
+    upgrade``): this request's environ is not the socket's and is left alone, and the socket
+    keeps its queue and transport until its client completes the upgrade."""
     headers = web.WebSocketResponse(compress=False)._handshake(request)[0]
     handler: Any = request.protocol
     transport: Any = request.transport
@@ -1117,6 +1232,11 @@ def hand_over(
         transport.resume_reading()
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     transport.write(f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n".encode())
+    if upgrade:
+        wire.upgrade()
+        if tail:
+            wire.data_received(tail)
+        return HandedOver(wire)
     trim_environ(environ)
     environ.pop("aiohttp.request", None)
     environ["orgcast.remote"] = remote
