@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import random
@@ -11,7 +12,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -304,6 +305,26 @@ async def stacks_if_stuck(work: Awaitable[T], within: float) -> T:
         task.cancel()
         raise AssertionError(f"still running after {within} s; tasks:\n{stacks.getvalue()}")
     return task.result()
+
+
+@contextlib.contextmanager
+def objects_made_inside() -> Iterator[Callable[[], list[Any]]]:
+    """``alive()`` lists the objects created inside the block that a collection leaves alive,
+    as ``gc.get_objects()`` does, without collecting or scanning the rest of the heap
+    (``gc.freeze`` sets it aside until the block ends). Late in a full run the heap holds over a
+    million objects, and a collection and scan of all of it blocks the event loop, which a test
+    server and its clients share, for seconds: past a ``polling_server`` client's read timeout
+    (ping interval + ping timeout, 3 s) the clients give up and disconnect."""
+    gc.freeze()
+    try:
+
+        def alive() -> list[Any]:
+            gc.collect()
+            return gc.get_objects()
+
+        yield alive
+    finally:
+        gc.unfreeze()
 
 
 def eventually_sync(predicate: Callable[[], bool], within: float = 10.0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ from engineio import packet as engine_packet
 from orgcast.realtime import patches
 from orgcast.state import REALTIME
 from tests.rawsocket import RawSocket
-from tests.support import Server, eventually
+from tests.support import Server, eventually, objects_made_inside
 
 WITHIN = 10.0
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -377,30 +376,36 @@ async def test_an_open_websocket_keeps_a_trimmed_environ_that_later_namespace_co
 # -- the connection after the handshake is orgcast's (patches.py, 10) -----------------------------
 
 
+def aiohttp_objects_of_websockets(objects: list[Any]) -> list[Any]:
+    """What of aiohttp's websocket machinery is among ``objects``: a handed-over websocket
+    keeps none of it (patches.py, 10)."""
+    return [
+        obj
+        for obj in objects
+        if isinstance(obj, web.WebSocketResponse)
+        # The handlers still connected are the test's HTTP keep-alive connections.
+        or (isinstance(obj, web_protocol.RequestHandler) and obj.transport is None)
+        or (isinstance(obj, web.BaseRequest) and obj.query.get("transport") == "websocket")
+    ]
+
+
 async def test_an_open_websocket_keeps_no_aiohttp_request_handler_or_response(
     server: Server,
 ) -> None:
     tenant = await server.create_tenant()
     wires = []
-    for n in range(10):
-        wire = await WireSocket.open(server)
-        await wire.join(server, tenant.slug, f"user-{n}")
-        wires.append(wire)
+    with objects_made_inside() as alive:
+        for n in range(10):
+            wire = await WireSocket.open(server)
+            await wire.join(server, tenant.slug, f"user-{n}")
+            wires.append(wire)
+        kept = aiohttp_objects_of_websockets(alive())
     try:
         sio = server.app[REALTIME].sio
         for sid, eio_sid in sio.manager.get_participants("/" + tenant.slug, None):
             queue = sio.eio.sockets[eio_sid].queue
             assert isinstance(queue._ws, patches.EngineWire), sid
             assert queue._transport is queue._ws.transport  # frames still go straight out
-        gc.collect()
-        kept = [
-            obj
-            for obj in gc.get_objects()
-            if isinstance(obj, web.WebSocketResponse)
-            # The handlers still connected are the test's HTTP keep-alive connections.
-            or (isinstance(obj, web_protocol.RequestHandler) and obj.transport is None)
-            or (isinstance(obj, web.BaseRequest) and obj.query.get("transport") == "websocket")
-        ]
         assert kept == []
         # Still a working websocket both ways: a ping answered, a message delivered.
         wires[0].send(b"still there?", PING)
