@@ -35,6 +35,10 @@ costs the message path.
 youngest threshold 700; the same as ``ORGCAST_SERVER__GC_YOUNG_THRESHOLD=0``).
 ``ORGCAST_BENCH_GCLOG=FILE`` appends a line per collection of generation 1 or 2 (generation,
 pause in ms, Unix time) to FILE.
+``ORGCAST_BENCH_PROBE=DIR`` answers each file ``DIR/request-<n>`` (its text: actions, one a line,
+of ``stats``, ``trim``, ``collect``) with ``DIR/probe-<n>.json``: after each action, RSS and
+``/proc/self/smaps_rollup``, glibc's ``mallinfo2`` and pymalloc's arena figures, and how long the
+action took (``trim`` is ``malloc_trim(0)``; ``collect`` a full ``gc.collect()``).
 ``ORGCAST_BENCH_WIRE=aiohttp`` keeps aiohttp's connection handler, request and websocket response
 for the life of every websocket (no hand-over to ``EngineWire``, patches.py 10).
 Without any switch this is exactly ``orgcast``.
@@ -161,6 +165,101 @@ def _tracemalloc(directory: str) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _memory_stats() -> dict[str, Any]:
+    """RSS and smaps_rollup in KiB, glibc's mallinfo2 and pymalloc's arena figures in bytes."""
+    import ctypes
+    import re
+    import tempfile
+
+    out: dict[str, Any] = {}
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                out[key.strip().lower() + "_kb"] = int(rest.split()[0])
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    out["glibc"] = {name: getattr(info, name) for name, _ in MallInfo2._fields_}
+    # sys._debugmallocstats writes to C stderr: point fd 2 at a file for the call.
+    with tempfile.TemporaryFile("w+") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    pymalloc = {}
+    for key, pattern in (
+        ("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+        ("arenas_highwater", r"# arenas highwater mark\s*=\s*([\d,]+)"),
+        ("allocated_bytes", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+        ("available_bytes", r"# bytes in available blocks\s*=\s*([\d,]+)"),
+        ("unused_pool_bytes", r"unused pools \* \d+ bytes\s*=\s*([\d,]+)"),
+        ("arena_bytes", r"arenas \* \d+ bytes/arena\s*=\s*([\d,]+)"),
+    ):
+        m = re.search(pattern, text)
+        if m:
+            pymalloc[key] = int(m.group(1).replace(",", ""))
+    out["pymalloc"] = pymalloc
+    import gc
+
+    out["gc"] = {"stats": gc.get_stats(), "count": gc.get_count(), "frozen": gc.get_freeze_count()}
+    return out
+
+
+def _probe(directory: str) -> None:
+    import ctypes
+    import gc
+    import threading
+    import time
+
+    libc = ctypes.CDLL("libc.so.6")
+
+    def answer(actions: list[str]) -> list[dict[str, Any]]:
+        steps = []
+        for action in actions:
+            t0 = time.perf_counter()
+            if action == "trim":
+                libc.malloc_trim(0)
+            elif action == "collect":
+                gc.collect()
+            ms = (time.perf_counter() - t0) * 1000
+            steps.append({"action": action, "ms": round(ms, 3), **_memory_stats()})
+        return steps
+
+    def watch() -> None:
+        while True:
+            for name in os.listdir(directory):
+                if name.startswith("request-"):
+                    n = name.removeprefix("request-")
+                    path = os.path.join(directory, name)
+                    with open(path) as f:
+                        actions = f.read().split()
+                    os.unlink(path)
+                    target = os.path.join(directory, f"probe-{n}.json")
+                    with open(target + ".tmp", "w") as f:
+                        json.dump(answer(actions), f)
+                    os.rename(target + ".tmp", target)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _no_access_index() -> None:
     from orgcast.services.access import AccessControl
 
@@ -229,6 +328,8 @@ def main() -> int:
         _timer_commit()
     if os.environ.get("ORGCAST_BENCH_TRACEMALLOC"):
         _tracemalloc(os.environ["ORGCAST_BENCH_TRACEMALLOC"])
+    if os.environ.get("ORGCAST_BENCH_PROBE"):
+        _probe(os.environ["ORGCAST_BENCH_PROBE"])
     if os.environ.get("ORGCAST_BENCH_CODEC") == "stdlib":
         _stdlib_codec()
     if os.environ.get("ORGCAST_BENCH_STORE") == "statements":

@@ -3,7 +3,7 @@
 Nothing is created at import time. ``create_app(settings)`` wires the routes and the Socket.IO
 server; the database engine, the Redis connections and the background tasks (message writer,
 retention, control bus) start and stop in ``cleanup_ctx`` generators, in that order, and the
-webhook delivery worker in one of its own after them.
+webhook delivery worker and the heap trimmer in ones of their own after them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 
 from . import api
 from .errors import OrgcastError, SchemaBehind
+from .heap import HeapTrimmer, find_malloc_trim
 from .logs import access_middleware
 from .metrics import create_metrics, sample_loop_lag
 from .realtime.guards import polling_body_limit
@@ -46,6 +47,7 @@ from .services.webhook_presence import (
 from .services.webhooks import WebhookService
 from .settings import Settings
 from .state import (
+    HEAP_TRIMMER,
     METRICS,
     PRESENCE_WEBHOOKS,
     REALTIME,
@@ -91,6 +93,7 @@ def create_app(settings: Settings, *, migrate: bool = False) -> web.Application:
     app.cleanup_ctx.append(_services_ctx(migrate))
     app.cleanup_ctx.append(_loop_lag_ctx)
     app.cleanup_ctx.append(_webhook_worker_ctx)
+    app.cleanup_ctx.append(_heap_trim_ctx)
     app.on_shutdown.append(_drain_messages)
     return app
 
@@ -112,6 +115,23 @@ async def _loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     interval = app[SETTINGS].metrics.loop_lag_interval_seconds
     task = asyncio.create_task(sample_loop_lag(metrics, interval), name="orgcast-loop-lag")
+    try:
+        yield
+    finally:
+        await cancel_and_wait([task])
+
+
+async def _heap_trim_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The heap trimmer (heap.py), unless ``server.malloc_trim`` is off or the C library has no
+    ``malloc_trim``."""
+    server = app[SETTINGS].server
+    trim = find_malloc_trim() if server.malloc_trim else None
+    if trim is None:
+        yield
+        return
+    trimmer = HeapTrimmer(app[REALTIME].engine_sockets, trim, server.malloc_trim_after_sockets)
+    app[HEAP_TRIMMER] = trimmer
+    task = asyncio.create_task(trimmer.run(), name="orgcast-heap-trim")
     try:
         yield
     finally:

@@ -48,6 +48,8 @@ class ServerSettings(Section):
     ping_timeout: float = Field(20.0, gt=0)
     use_uvloop: bool = True
     gc_young_threshold: int = Field(20_000, ge=0, le=10_000_000)
+    malloc_trim: bool = True
+    malloc_trim_after_sockets: int = Field(200, ge=1)
     unauthenticated_timeout_seconds: float = Field(10.0, gt=0)
     max_unauthenticated: int = Field(1000, ge=1)
     shutdown_timeout_seconds: float = Field(10.0, ge=0)

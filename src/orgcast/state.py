@@ -20,6 +20,7 @@ from .services.webhooks import WebhookService
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .heap import HeapTrimmer
     from .realtime.server import Realtime
     from .services.deliveries import DeliveryWorker
     from .services.webhook_presence import PresenceWebhooks
@@ -48,3 +49,4 @@ REALTIME: web.AppKey[Realtime] = web.AppKey("realtime")
 METRICS = web.AppKey("metrics", Metrics)
 WEBHOOK_WORKER: web.AppKey[DeliveryWorker] = web.AppKey("webhook_worker")
 PRESENCE_WEBHOOKS: web.AppKey[PresenceWebhooks] = web.AppKey("presence_webhooks")
+HEAP_TRIMMER: web.AppKey[HeapTrimmer] = web.AppKey("heap_trimmer")

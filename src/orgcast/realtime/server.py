@@ -185,6 +185,10 @@ class Realtime:
     def local_connections(self, slug: str) -> int:
         return patches.namespace_connections(self.sio, "/" + slug)
 
+    def engine_sockets(self) -> int:
+        """Engine.IO sockets open on this node, of every tenant (and not yet admitted)."""
+        return len(self.sio.eio.sockets)
+
 
 def _fields(row: StoredRow) -> list[Any]:
     """A stored row as it travels to the other nodes (the body stays JSON text)."""
