@@ -3,6 +3,7 @@ order, and a socket never gets a seq twice."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,76 @@ async def test_the_last_message_of_a_quiet_room_that_was_never_broadcast_is_deli
         got = await inbox.get(within=10)
         assert (got["seq"], got["body"]) == (lost, "tail")
         await inbox.expect_nothing()
+
+
+async def test_concurrent_reads_of_a_rooms_seq_share_one_statement(server: Server) -> None:
+    tenant = await server.create_tenant()
+    messages = server.app[SERVICES].messages
+    tenant_id = (await server.app[SERVICES].tenants.get(tenant.slug)).id
+    for n in range(3):
+        await _store_without_broadcast(server, tenant.slug, "burst", str(n))
+
+    with room_reads(server) as reads:
+        seqs = await asyncio.gather(*(messages.room_seq(tenant_id, "burst") for _ in range(20)))
+
+    assert seqs == [3] * 20
+    assert len(reads) == 1
+
+
+async def test_a_read_of_a_rooms_seq_asked_while_one_runs_is_a_later_statement(
+    server: Server,
+) -> None:
+    """A join needs a read that starts after its call: one already running may predate what the
+    room stored since, so callers that come while it runs wait for the next read."""
+    tenant = await server.create_tenant()
+    messages = server.app[SERVICES].messages
+    tenant_id = (await server.app[SERVICES].tenants.get(tenant.slug)).id
+    engine = server.app[SERVICES].health._engine.sync_engine
+    order: list[str] = []
+    later: list[asyncio.Future[list[int]]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith("SELECT ROOMS.ID, ROOMS.LAST_SEQ"):
+            return
+        order.append("read")
+        if not later:  # the first read is running: ask again, from a task of its own
+            order.append("asked")
+            calls = (messages.room_seq(tenant_id, "r") for _ in range(5))
+            later.append(asyncio.ensure_future(asyncio.gather(*calls)))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        first = await messages.room_seq(tenant_id, "r")
+        again = await asyncio.wait_for(later[0], 5)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert (first, again) == (0, [0] * 5)
+    assert order == ["read", "asked", "read"]
+
+
+async def test_joins_arriving_together_get_every_later_message_once_in_order(
+    server: Server,
+) -> None:
+    tenant = await server.create_tenant()
+    ns = f"/{tenant.slug}"
+    joiners = [await _member(server, tenant.slug, f"u{i}") for i in range(8)]
+    inboxes = [Inbox(client, "message", ns) for client in joiners]
+    sender = await _member(server, tenant.slug, "sender")
+
+    async def send() -> list[int]:
+        return [
+            (await call(sender, tenant.slug, "message", {"room": "r", "body": n}))["seq"]
+            for n in range(10)
+        ]
+
+    assert (await call(sender, tenant.slug, "join", {"room": "r"}))["ok"]
+    acks, *joined = await asyncio.gather(
+        send(), *(call(c, tenant.slug, "join", {"room": "r"}) for c in joiners)
+    )
+
+    assert acks == list(range(1, 11))
+    for inbox, join in zip(inboxes, joined, strict=True):
+        expected = list(range(join["seq"] + 1, 11))
+        assert [(await inbox.get())["seq"] for _ in expected] == expected
+        await inbox.expect_nothing(0.05)

@@ -117,6 +117,21 @@ class _Pending:
     future: asyncio.Future[StoredRow]
 
 
+@dataclass(slots=True)
+class _SeqReads:
+    """One room's seq reads (``MessageService.room_seq``): the one running, and the one that
+    starts after it, which new callers wait for."""
+
+    running: asyncio.Future[int] | None = None
+    next: asyncio.Future[int] | None = None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """A shared read's failure belongs to its callers; one left with none is not an error."""
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(frozen=True)
 class Replay:
     seq: int
@@ -149,6 +164,7 @@ class MessageService:
         self._one_statement = autocommit is not None and store.batch_is_one_statement(autocommit)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.queue_max)
         self._held: tuple[Any, Any] | None = None  # (pooled connection, driver connection)
+        self._seq_reads: dict[tuple[int, str], _SeqReads] = {}
         self.batches = 0
         self.stored = 0
 
@@ -300,8 +316,37 @@ class MessageService:
             if not pending.future.done():
                 pending.future.set_exception(error)
 
-    @db_boundary()
     async def room_seq(self, tenant_id: int, room: str) -> int:
+        """The room's last seq, read by a query that starts after this call (a join relies on
+        that: what the room stores after its read reaches the joining socket live).
+
+        Calls for one room share reads: while a read of the room runs, every call waits for the
+        next one, which starts when it ends. So a burst of joins into one room (sockets of a
+        reconnecting node, a connect storm) costs two reads, not one per socket held in the
+        pool's queue with its session meanwhile."""
+        key = (tenant_id, room)
+        reads = self._seq_reads.get(key)
+        if reads is None:
+            reads = self._seq_reads[key] = _SeqReads()
+        if reads.next is None:
+            reads.next = asyncio.ensure_future(self._next_seq_read(key, reads))
+            reads.next.add_done_callback(_retrieve)
+        return await asyncio.shield(reads.next)
+
+    async def _next_seq_read(self, key: tuple[int, str], reads: _SeqReads) -> int:
+        if reads.running is not None:
+            await asyncio.wait([reads.running])  # its outcome is its own callers'
+        me = reads.next
+        reads.next, reads.running = None, me  # from here on, new calls wait for the next read
+        try:
+            return await self._read_room_seq(*key)
+        finally:
+            reads.running = None
+            if reads.next is None:
+                self._seq_reads.pop(key, None)
+
+    @db_boundary()
+    async def _read_room_seq(self, tenant_id: int, room: str) -> int:
         async with self._autocommit() as session:
             state = await store.room_state(session, tenant_id, room)
         return 0 if state is None else state[1]
