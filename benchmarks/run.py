@@ -1244,6 +1244,9 @@ def main() -> int:
     parser.add_argument(
         "--repeats", type=int, help="run every scenario this many times per server (alternating)"
     )
+    parser.add_argument(
+        "--memory-clients", type=int, help="official clients the memory scenario holds (2,000)"
+    )
     args = parser.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
@@ -1268,6 +1271,8 @@ def main() -> int:
     profile = PROFILES["quick" if args.quick else "full"]
     if args.repeats:
         profile = {**profile, "repeats": {s: args.repeats for s in SCENARIOS}}
+    if args.memory_clients:
+        profile = {**profile, "memory": {**profile["memory"], "clients": args.memory_clients}}
     for module in ("socket.io-client", "socket.io"):
         if not (ROOT / "node_modules" / module).is_dir():
             print(f"run `npm ci` first (node_modules/{module} is missing)", file=sys.stderr)
