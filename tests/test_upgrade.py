@@ -245,6 +245,14 @@ async def test_what_is_queued_during_the_upgrade_arrives_on_the_websocket_in_ord
         wire.close()
 
 
+async def upgrading(server: Server) -> tuple[str, Polling, WireSocket]:
+    """A new tenant's polling session, joined to a room, and its websocket's handshake done."""
+    tenant = await server.create_tenant()
+    polling = await Polling.open(server)
+    await polling.join(tenant.slug, await server.token(tenant.slug))
+    return tenant.slug, polling, await polling.upgrade()
+
+
 async def failed_upgrade_leaves_polling(server: Server, polling: Polling, slug: str) -> None:
     """The socket is back on long-polling, complete: nothing lost, nothing reordered."""
     socket = engine_socket(server, polling.sid)
@@ -273,35 +281,29 @@ async def test_a_bad_first_packet_abandons_the_upgrade(
     polling_server: Server, first: str | bytes
 ) -> None:
     server = polling_server
-    tenant = await server.create_tenant()
-    polling = await Polling.open(server)
-    await polling.join(tenant.slug, await server.token(tenant.slug))
-    wire = await polling.upgrade()
+    slug, polling, wire = await upgrading(server)
     try:
         wire.send(first, opcode=0x2 if isinstance(first, bytes) else 0x1)
         assert (await wire.frame())[1] == CLOSE
-        await failed_upgrade_leaves_polling(server, polling, tenant.slug)
+        await failed_upgrade_leaves_polling(server, polling, slug)
     finally:
         wire.close()
 
 
 async def test_a_bad_packet_after_the_probe_abandons_the_upgrade(polling_server: Server) -> None:
     server = polling_server
-    tenant = await server.create_tenant()
-    polling = await Polling.open(server)
-    await polling.join(tenant.slug, await server.token(tenant.slug))
-    wire = await polling.upgrade()
+    slug, polling, wire = await upgrading(server)
     try:
         wire.send("2probe")
         assert await wire.text() == "3probe"
-        await publish(server, tenant.slug, "queued")
-        wire.send(f'42/{tenant.slug},["message"]')
+        await publish(server, slug, "queued")
+        wire.send(f'42/{slug},["message"]')
         assert (await wire.frame())[1] == CLOSE
         # What was queued during the attempt is polled, before what follows.
         socket = engine_socket(server, polling.sid)
         await eventually(lambda: _async(not socket.upgrading))
         assert await polling.until(lambda p: '"queued"' in p)
-        await failed_upgrade_leaves_polling(server, polling, tenant.slug)
+        await failed_upgrade_leaves_polling(server, polling, slug)
     finally:
         wire.close()
 
@@ -311,15 +313,12 @@ async def test_a_client_closing_mid_upgrade_stays_on_polling(
     polling_server: Server, after_probe: bool
 ) -> None:
     server = polling_server
-    tenant = await server.create_tenant()
-    polling = await Polling.open(server)
-    await polling.join(tenant.slug, await server.token(tenant.slug))
-    wire = await polling.upgrade()
+    slug, polling, wire = await upgrading(server)
     if after_probe:
         wire.send("2probe")
         assert await wire.text() == "3probe"
     wire.close()
-    await failed_upgrade_leaves_polling(server, polling, tenant.slug)
+    await failed_upgrade_leaves_polling(server, polling, slug)
 
 
 async def test_a_probe_that_never_comes_abandons_the_upgrade(
@@ -327,23 +326,17 @@ async def test_a_probe_that_never_comes_abandons_the_upgrade(
 ) -> None:
     monkeypatch.setattr(patches, "UPGRADE_TIMEOUT", 0.3)
     server = polling_server
-    tenant = await server.create_tenant()
-    polling = await Polling.open(server)
-    await polling.join(tenant.slug, await server.token(tenant.slug))
-    wire = await polling.upgrade()
+    slug, polling, wire = await upgrading(server)
     try:
         assert (await wire.frame())[1] == CLOSE
-        await failed_upgrade_leaves_polling(server, polling, tenant.slug)
+        await failed_upgrade_leaves_polling(server, polling, slug)
     finally:
         wire.close()
 
 
 async def test_a_second_upgrade_is_refused(polling_server: Server) -> None:
     server = polling_server
-    tenant = await server.create_tenant()
-    polling = await Polling.open(server)
-    await polling.join(tenant.slug, await server.token(tenant.slug))
-    wire = await polling.upgrade()
+    slug, polling, wire = await upgrading(server)
     try:
         # While the first is going on: a coded refusal, and the first still completes.
         url = polling.url.replace("transport=polling", "transport=websocket")
@@ -357,7 +350,7 @@ async def test_a_second_upgrade_is_refused(polling_server: Server) -> None:
         wire.send("2probe")
         assert await wire.text() == "3probe"
         wire.send("5")
-        await publish(server, tenant.slug, "up")
+        await publish(server, slug, "up")
         while texts_in([await wire.text()]) != ["up"]:
             pass
         # Once upgraded: refused as any HTTP request on the session is.
@@ -374,10 +367,7 @@ async def test_a_second_upgrade_is_refused(polling_server: Server) -> None:
 
 async def test_an_upgraded_socket_closes_when_its_client_goes(polling_server: Server) -> None:
     server = polling_server
-    tenant = await server.create_tenant()
-    polling = await Polling.open(server)
-    await polling.join(tenant.slug, await server.token(tenant.slug))
-    wire = await polling.upgrade()
+    _, polling, wire = await upgrading(server)
     wire.send("2probe")
     assert await wire.text() == "3probe"
     wire.send("5")
