@@ -216,10 +216,10 @@ async def test_what_is_queued_during_the_upgrade_arrives_on_the_websocket_in_ord
     assert await polling.until(lambda p: '"polled"' in p)
     # A poll in flight when the websocket comes: the probe's answer releases it with a NOOP.
     in_flight = asyncio.ensure_future(polling.get())
-    await asyncio.sleep(0.1)
+    socket = engine_socket(server, polling.sid)
+    await eventually(lambda: _async(bool(socket.queue._getters)))  # the poll waits on the queue
     wire = await polling.upgrade()
     try:
-        socket = engine_socket(server, polling.sid)
         assert socket.upgrading
         wire.send("2probe")
         assert await wire.text() == "3probe"
